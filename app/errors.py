@@ -1,0 +1,50 @@
+"""Domain exceptions. The core raises these; app.api.errors maps them to the one JSON envelope."""
+
+from __future__ import annotations
+
+
+class PeftServeError(Exception):
+    status_code = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class ValidationFailed(PeftServeError):
+    status_code = 422
+    code = "invalid_request"
+
+
+class NotFound(PeftServeError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(PeftServeError):
+    status_code = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(PeftServeError):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class TrainingError(Exception):
+    """A job failed for a reason worth telling the user (stored as the job's error)."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class JobInterrupted(Exception):
+    """Training stopped because the job was cancelled or the worker is shutting down."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason  # "cancelled" | "shutdown"

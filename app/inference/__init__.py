@@ -1,0 +1,1 @@
+"""Serving: one engine owns each base model once and every resident adapter."""

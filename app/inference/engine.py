@@ -1,0 +1,165 @@
+"""The inference engine: one copy of each base, many LoRA adapters, each with its own head.
+
+peft cannot hold heads of different label counts in one model (modules_to_save copies are shaped by the
+base's head), so the engine keeps heads outside peft: the base's head is replaced by Identity, peft routes
+each row through its adapter's LoRA weights (`adapter_names=[...]`), and each row's features then go
+through that adapter's own head. Adapters load on first use into an LRU cache.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from app.adapters import AdapterStore, AdapterVersion, sha256_file
+from app.errors import ValidationFailed
+from app.models.loading import LoadedBase, load_base
+from app.models.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Resident:
+    version: AdapterVersion
+    key: str  # peft adapter name (peft names are module keys: no dots, so not the ref itself)
+    head: nn.Linear
+    nbytes: int
+    loaded_at: float = field(default_factory=time.time)
+    hits: int = 0
+
+
+@dataclass
+class _Slot:
+    base: LoadedBase
+    peft: Any = None  # PeftModel once the first adapter is in
+
+
+class InferenceEngine:
+    def __init__(self, registry: ModelRegistry, adapters: AdapterStore, device: str, quantization: str,
+                 max_loaded: int = 32, batch_size: int = 32):
+        self.registry, self.adapters = registry, adapters
+        self.device, self.quantization = device, quantization
+        self.max_loaded, self.batch_size = max_loaded, batch_size
+        self._slots: dict[str, _Slot] = {}
+        self._resident: OrderedDict[str, _Resident] = OrderedDict()  # ref -> resident, oldest first
+        self._keys = itertools.count()
+        self._lock = threading.RLock()  # one owner of the models: forward passes and (un)loading serialise
+
+    # ---- public ---------------------------------------------------------------------------------
+    def predict(self, ref: str, texts: list[str], text_pairs: list[str | None] | None = None,
+                field: str = "adapter") -> tuple[AdapterVersion, torch.Tensor]:
+        """Probabilities [n, n_labels] of the adapter `ref` (newest version unless pinned)."""
+        version = self.adapters.resolve(ref, field=field)
+        with self._lock:
+            res = self._ensure(version)
+            res.hits += 1
+            slot = self._slots[version.meta["base_model"]]
+            max_length = int(version.meta.get("hyperparameters", {}).get("max_length", 512))
+            return version, self._forward(slot, res, texts, text_pairs, max_length)
+
+    def loaded(self) -> list[dict]:
+        with self._lock:
+            return [
+                {"adapter": ref, "base_model": r.version.meta["base_model"], "bytes": r.nbytes,
+                 "loaded_at": r.loaded_at, "requests": r.hits}
+                for ref, r in self._resident.items()
+            ]
+
+    def unload(self, name: str) -> None:
+        """Drop every resident version of `name` (after a delete)."""
+        with self._lock:
+            for ref in [r for r, res in self._resident.items() if res.version.name == name]:
+                self._evict(ref)
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _slot(self, base_name: str) -> _Slot:
+        slot = self._slots.get(base_name)
+        if slot is None:
+            base = load_base(self.registry.resolve(base_name), self.quantization, self.device)
+            setattr(base.model, base.head_name, nn.Identity())  # features out; adapters bring heads
+            base.model.eval()
+            slot = self._slots[base_name] = _Slot(base)
+        return slot
+
+    def _ensure(self, version: AdapterVersion) -> _Resident:
+        res = self._resident.get(version.ref)
+        if res is not None:
+            self._resident.move_to_end(version.ref)
+            return res
+        res = self._load(version)
+        self._resident[version.ref] = res
+        while len(self._resident) > self.max_loaded:
+            self._evict(next(iter(self._resident)))
+        return res
+
+    def _load(self, version: AdapterVersion) -> _Resident:
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        meta = version.meta
+        if not version.weights.exists():
+            raise ValidationFailed(f"adapter {version.ref} has no safetensors weights", field="adapter")
+        if meta.get("sha256") and sha256_file(version.weights) != meta["sha256"]:
+            raise ValidationFailed(f"adapter {version.ref}: weights do not match their checksum", field="adapter")
+        slot = self._slot(meta["base_model"])
+        state = load_file(str(version.weights), device=self.device)
+        prefix = f"base_model.model.{meta['head']}."
+        head_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        lora_state = {k: v for k, v in state.items() if not k.startswith(prefix)}
+        weight = head_state["weight"]
+        head = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in head_state)
+        head.load_state_dict(head_state)
+        head.to(self.device).eval()
+        if weight.shape[0] != len(meta["labels"]):
+            raise ValidationFailed(f"adapter {version.ref}: head has {weight.shape[0]} outputs for "
+                                   f"{len(meta['labels'])} labels", field="adapter")
+
+        config = LoraConfig.from_pretrained(str(version.path))
+        config.task_type, config.modules_to_save, config.inference_mode = None, None, True
+        key = f"a{next(self._keys)}"
+        if slot.peft is None:
+            slot.peft = get_peft_model(slot.base.model, config, adapter_name=key)
+        else:
+            slot.peft.add_adapter(key, config)
+        result = set_peft_model_state_dict(slot.peft, lora_state, adapter_name=key)
+        unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if unexpected:
+            slot.peft.delete_adapter(key)
+            raise ValidationFailed(f"adapter {version.ref} does not fit base {meta['base_model']}: "
+                                   f"{unexpected[:3]}", field="adapter")
+        slot.peft.eval()
+        nbytes = sum(t.numel() * t.element_size() for t in state.values())
+        log.info("loaded adapter %s (%d bytes) as %s", version.ref, nbytes, key)
+        return _Resident(version, key, head, nbytes)
+
+    def _evict(self, ref: str) -> None:
+        res = self._resident.pop(ref)
+        self._slots[res.version.meta["base_model"]].peft.delete_adapter(res.key)
+        log.info("unloaded adapter %s", ref)
+
+    def _forward(self, slot: _Slot, res: _Resident, texts: list[str], pairs: list[str | None] | None,
+                 max_length: int) -> torch.Tensor:
+        tok = slot.base.tokenizer
+        # Sort by length so each chunk pads little; put results back in request order at the end.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len((pairs or [None] * len(texts))[i] or ""))
+        out = torch.empty(len(texts), res.head.out_features)
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                batch_texts = [texts[i] for i in idx]
+                batch_pairs = [pairs[i] or "" for i in idx] if pairs and any(pairs) else None
+                enc = tok(batch_texts, batch_pairs, truncation=True, max_length=max_length, padding=True,
+                          return_tensors="pt").to(self.device)
+                feats = slot.peft(**enc, adapter_names=[res.key] * len(idx)).logits
+                probs = torch.softmax(res.head(feats.to(res.head.weight.dtype)).float(), dim=-1)
+                out[idx] = probs.cpu()
+        return out

@@ -1,0 +1,1 @@
+"""Jobs: the persistent queue (SQLAlchemy) and the worker processes that drain it."""

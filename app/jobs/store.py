@@ -1,0 +1,257 @@
+"""The job store: every job, metric point, event and dataset record, in one SQL database (SQLAlchemy 2).
+
+SQLite (WAL) by default; any SQLAlchemy URL works. Claiming is a compare-and-set UPDATE, so two
+workers never take the same job on any backend.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.errors import Conflict, NotFound
+from app.jobs.models import Base, DatasetRow, Job, JobEvent, JobStatus, MetricPoint, utcnow
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class JobStore:
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._session.begin() as s:
+            yield s
+
+    # ---- jobs -------------------------------------------------------------------------------
+    def create_job(self, **fields: Any) -> Job:
+        job = Job(id=f"job_{uuid.uuid4().hex[:24]}", status=JobStatus.queued.value, **fields)
+        with self.session() as s:
+            s.add(job)
+            s.add(JobEvent(job_id=job.id, message=f"Job created for adapter {job.adapter!r}"))
+        return job
+
+    def get_job(self, job_id: str) -> Job:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id!r}", field="job_id")
+            return job
+
+    def list_jobs(
+        self, status: JobStatus | None = None, limit: int = 20, after: str | None = None
+    ) -> tuple[list[Job], bool]:
+        """Newest first. `after` is the id of the last job of the previous page."""
+        q = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
+        if status is not None:
+            q = q.where(Job.status == status.value)
+        with self.session() as s:
+            if after is not None:
+                anchor = s.get(Job, after)
+                if anchor is None:
+                    raise NotFound(f"no job {after!r}", field="after")
+                q = q.where(
+                    (Job.created_at < anchor.created_at)
+                    | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id))
+                )
+            rows = list(s.scalars(q.limit(limit + 1)))
+        return rows[:limit], len(rows) > limit
+
+    def request_cancel(self, job_id: str) -> Job:
+        with self.session() as s:
+            job = s.get(Job, job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id!r}", field="job_id")
+            status = JobStatus(job.status)
+            if status.terminal:
+                raise Conflict(f"job {job_id} already {status.value}", field="job_id")
+            # A queued job is cancelled here; a running one is stopped by its worker at the next step.
+            done = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.queued.value)
+                .values(status=JobStatus.cancelled.value, finished_at=utcnow(), cancel_requested=True)
+            ).rowcount
+            if not done:
+                s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+            s.add(JobEvent(job_id=job_id, message="Cancellation requested"))
+        return self.get_job(job_id)
+
+    def claim_next(self, worker_id: str) -> Job | None:
+        """Take the oldest queued job. Compare-and-set: a lost race just tries the next one."""
+        for _ in range(20):
+            with self.session() as s:
+                job_id = s.scalar(
+                    select(Job.id)
+                    .where(Job.status == JobStatus.queued.value)
+                    .order_by(Job.created_at, Job.id)
+                    .limit(1)
+                )
+                if job_id is None:
+                    return None
+                now = utcnow()
+                won = s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == JobStatus.queued.value)
+                    .values(
+                        status=JobStatus.running.value,
+                        worker_id=worker_id,
+                        started_at=now,
+                        heartbeat_at=now,
+                        attempts=Job.attempts + 1,
+                    )
+                ).rowcount
+                if won:
+                    s.add(JobEvent(job_id=job_id, message=f"Started on worker {worker_id}"))
+            if won:
+                return self.get_job(job_id)
+        return None
+
+    def heartbeat(self, job_id: str, worker_id: str, **progress: Any) -> bool:
+        """Renew the lease and record progress. Returns True when the job should stop (cancelled/lost)."""
+        with self.session() as s:
+            owned = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value)
+                .values(heartbeat_at=utcnow(), **progress)
+            ).rowcount
+            cancel = s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+        return not owned or bool(cancel)
+
+    def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        status: JobStatus,
+        *,
+        error: tuple[str, str] | None = None,
+        result_adapter: str | None = None,
+        result_metrics: dict | None = None,
+        message: str,
+    ) -> None:
+        values: dict[str, Any] = {"status": status.value, "finished_at": utcnow()}
+        if error:
+            values.update(error_code=error[0], error_message=error[1])
+        if result_adapter:
+            values.update(result_adapter=result_adapter, result_metrics=result_metrics)
+        with self.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value)
+                .values(**values)
+            )
+            level = "error" if status is JobStatus.failed else "info"
+            s.add(JobEvent(job_id=job_id, level=level, message=message))
+
+    def requeue(self, job_id: str, worker_id: str, reason: str) -> None:
+        """Give a running job back to the queue (worker shutdown); it restarts from the beginning."""
+        with self.session() as s:
+            s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value)
+                .values(status=JobStatus.queued.value, worker_id=None, step=0, epoch=0.0)
+            )
+            s.add(JobEvent(job_id=job_id, level="warning", message=f"Returned to the queue: {reason}"))
+
+    def requeue_stale(self, lease_seconds: float, max_attempts: int) -> list[str]:
+        """Jobs whose worker stopped heart-beating go back to the queue, or fail after max_attempts."""
+        cutoff = utcnow() - timedelta(seconds=lease_seconds)
+        with self.session() as s:
+            stale = list(
+                s.scalars(
+                    select(Job).where(Job.status == JobStatus.running.value, Job.heartbeat_at < cutoff)
+                )
+            )
+            for job in stale:
+                if job.attempts >= max_attempts:
+                    job.status, job.finished_at = JobStatus.failed.value, utcnow()
+                    job.error_code = "worker_lost"
+                    job.error_message = f"the worker running this job stopped {job.attempts} times"
+                    s.add(JobEvent(job_id=job.id, level="error", message=job.error_message))
+                else:
+                    job.status, job.worker_id, job.step, job.epoch = JobStatus.queued.value, None, 0, 0.0
+                    s.add(JobEvent(job_id=job.id, level="warning", message="Worker lost; job requeued"))
+        return [j.id for j in stale]
+
+    def queue_length(self) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.count()).where(Job.status == JobStatus.queued.value)) or 0
+
+    # ---- metrics and events -----------------------------------------------------------------
+    def add_metrics(self, job_id: str, points: list[dict]) -> None:
+        if not points:
+            return
+        with self.session() as s:
+            s.add_all(
+                MetricPoint(job_id=job_id, kind=p["kind"], step=p["step"], epoch=p["epoch"], values=p["values"])
+                for p in points
+            )
+
+    def metrics(self, job_id: str) -> list[MetricPoint]:
+        self.get_job(job_id)
+        with self.session() as s:
+            return list(
+                s.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.id))
+            )
+
+    def add_event(
+        self, job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None
+    ) -> None:
+        with self.session() as s:
+            s.add(JobEvent(job_id=job_id, level=level, type=type, message=message, data=data))
+
+    def events(self, job_id: str, after: int = 0, limit: int = 100) -> list[JobEvent]:
+        self.get_job(job_id)
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(JobEvent)
+                    .where(JobEvent.job_id == job_id, JobEvent.id > after)
+                    .order_by(JobEvent.id)
+                    .limit(limit)
+                )
+            )
+
+    # ---- datasets -----------------------------------------------------------------------------
+    def add_dataset(self, row: DatasetRow) -> DatasetRow:
+        with self.session() as s:
+            existing = s.get(DatasetRow, row.id)
+            if existing is not None:
+                return existing
+            s.add(row)
+        return row
+
+    def get_dataset(self, dataset_id: str, field: str = "dataset") -> DatasetRow:
+        with self.session() as s:
+            row = s.get(DatasetRow, dataset_id)
+        if row is None:
+            raise NotFound(f"no dataset {dataset_id!r}", field=field)
+        return row
+

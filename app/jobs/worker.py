@@ -1,0 +1,171 @@
+"""A worker process: claim the next queued job, train it on a base model kept loaded, record the result.
+
+Shared resources (the loaded base) are built once and reused by the next job on the same base.
+`run(burst=True)` drains the queue and returns, which keeps worker tests simple.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from app.adapters import AdapterStore
+from app.config import Settings
+from app.datasets import DatasetStore
+from app.errors import JobInterrupted, TrainingError
+from app.jobs.models import Job, JobStatus
+from app.jobs.store import JobStore
+from app.models.loading import LoadedBase, load_base, pick_device, resolve_quantization
+from app.models.registry import ModelRegistry
+from app.training.config import Hyperparameters
+from app.training.data import split_validation
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(self, settings: Settings):
+        settings.ensure_dirs()
+        self.settings = settings
+        self.store = JobStore(settings.db_url)
+        self.datasets = DatasetStore(settings.datasets_dir, self.store)
+        self.adapters = AdapterStore(settings.adapters_dir)
+        self.registry = ModelRegistry(settings.models, settings.model_cache_dir)
+        self.device = pick_device(settings.device)
+        self.quantization = resolve_quantization(settings.quantization, self.device)
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.base: LoadedBase | None = None  # kept between jobs on the same base
+        self.stopping = threading.Event()
+
+    def run(self, burst: bool = False) -> int:
+        """Process jobs until stopped (or, in burst mode, until the queue is empty). Returns jobs done."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stopping.set())
+        log.info("worker %s ready (device=%s, quantization=%s)", self.worker_id, self.device, self.quantization)
+        done, last_sweep = 0, 0.0
+        while not self.stopping.is_set():
+            if time.monotonic() - last_sweep > self.settings.lease_seconds / 2:
+                self.store.requeue_stale(self.settings.lease_seconds, self.settings.max_attempts)
+                last_sweep = time.monotonic()
+            job = self.store.claim_next(self.worker_id)
+            if job is None:
+                if burst:
+                    break
+                self.stopping.wait(self.settings.poll_interval)
+                continue
+            self.process(job)
+            done += 1
+        self.store.close()
+        return done
+
+    def process(self, job: Job) -> None:
+        staging: Path | None = None
+        beat = _Heartbeat(self.store, job.id, self.worker_id, self.settings.heartbeat_interval)
+        reporter = _JobReporter(self.store, job.id, self.worker_id, self.stopping, beat)
+        try:
+            beat.start()
+            hp = Hyperparameters(**job.hyperparameters)
+            train = self.datasets.load(job.train_dataset)
+            if job.validation_dataset:
+                val = self.datasets.load(job.validation_dataset)
+            elif job.validation_split > 0:
+                train, val = split_validation(train, job.validation_split, hp.seed)
+            else:
+                val = []
+            labels = sorted({r["label"] for r in train} | {r["label"] for r in val})
+            base = self._base(job.base_model, reporter)
+            reporter.event(f"Training {len(train)} examples, validating on {len(val)}; labels {labels}")
+            staging = self.adapters.staging_dir()
+            from app.training.trainer import train_adapter  # heavy import, worker-only
+
+            result = train_adapter(
+                base, train, val, labels, hp, staging, reporter,
+                gradient_checkpointing=self.settings.gradient_checkpointing,
+            )
+            version = self.adapters.commit(staging, job.adapter, {
+                "base_model": job.base_model,
+                "labels": labels,
+                "hyperparameters": hp.model_dump(),
+                "metrics": result.metrics,
+                "job_id": job.id,
+                "quantization": base.quantization,
+                "head": base.head_name,
+            })
+            staging = None
+            self.store.finish(job.id, self.worker_id, JobStatus.succeeded, result_adapter=version.ref,
+                              result_metrics=result.metrics, message=f"Saved adapter {version.ref}")
+        except JobInterrupted as e:
+            if e.reason == "cancelled":
+                self.store.finish(job.id, self.worker_id, JobStatus.cancelled, message="Cancelled")
+            else:
+                self.store.requeue(job.id, self.worker_id, "worker shut down")
+        except TrainingError as e:
+            self.store.finish(job.id, self.worker_id, JobStatus.failed, error=(e.code, e.message),
+                              message=f"Failed: {e.message}")
+        except Exception as e:  # noqa: BLE001 - any failure ends the job with a readable error
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            msg = f"{type(e).__name__}: {e}"[:2000]
+            self.store.finish(job.id, self.worker_id, JobStatus.failed, error=("training_failed", msg),
+                              message=f"Failed: {msg}")
+        finally:
+            beat.stop()
+            if staging is not None:
+                self.adapters.discard(staging)
+
+    def _base(self, name: str, reporter: _JobReporter) -> LoadedBase:
+        if self.base is None or self.base.name != name:
+            self.base = None  # one base per worker process: free the old one first
+            started = time.perf_counter()
+            self.base = load_base(self.registry.resolve(name), self.quantization, self.device)
+            reporter.event(f"Loaded base {name} ({self.quantization}) in {time.perf_counter() - started:.1f}s")
+        return self.base
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the job's lease while anything (loading, tokenizing, training) runs; notes cancellation."""
+
+    def __init__(self, store: JobStore, job_id: str, worker_id: str, interval: float):
+        super().__init__(daemon=True)
+        self.store, self.job_id, self.worker_id, self.interval = store, job_id, worker_id, interval
+        self.cancelled = threading.Event()
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                if self.store.heartbeat(self.job_id, self.worker_id):
+                    self.cancelled.set()
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
+                log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
+
+    def stop(self) -> None:
+        self._done.set()
+
+
+class _JobReporter:
+    """The trainer's Reporter, writing to the job store."""
+
+    def __init__(self, store: JobStore, job_id: str, worker_id: str, stopping: threading.Event, beat: _Heartbeat):
+        self.store, self.job_id, self.worker_id, self.stopping, self.beat = store, job_id, worker_id, stopping, beat
+
+    def progress(self, step: int, total_steps: int, epoch: float) -> str | None:
+        stop = self.store.heartbeat(self.job_id, self.worker_id, step=step, total_steps=total_steps, epoch=epoch)
+        if stop or self.beat.cancelled.is_set():
+            return "cancelled"
+        if self.stopping.is_set():
+            return "shutdown"
+        return None
+
+    def metrics(self, points: list[dict]) -> None:
+        self.store.add_metrics(self.job_id, points)
+        self.store.add_event(self.job_id, "metrics", type="metrics", data=points[-1])
+
+    def event(self, message: str, data: dict | None = None) -> None:
+        self.store.add_event(self.job_id, message, data=data)

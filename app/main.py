@@ -1,0 +1,45 @@
+"""create_app(): the FastAPI app. The lifespan builds the service (stores, engine) and starts workers."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import errors
+from app.api.routes import adapters, datasets, health, inference, jobs
+from app.config import Settings, get_settings
+from app.jobs.pool import WorkerPool
+from app.service import PeftServe
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = PeftServe(settings)
+        app.state.service = service
+        pool = WorkerPool(settings, settings.workers)
+        if settings.workers:
+            pool.start()
+        try:
+            yield
+        finally:
+            pool.stop()
+            service.close()
+
+    app = FastAPI(
+        title="peftserve",
+        summary="LoRA fine-tuning and serving on one shared quantized base model",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    errors.install(app)
+    for module in (health, datasets, jobs, adapters, inference):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,1 @@
+"""Base models: the name → source registry and loading (quantization, pad tokens, GGUF conversion)."""

@@ -1,0 +1,110 @@
+"""Load a base model for sequence classification: device, bitsandbytes quantization, pad token, head."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from app.models.registry import ResolvedModel
+
+log = logging.getLogger(__name__)
+
+# Classification heads by model family. They stay out of quantization: bitsandbytes cannot run a freshly
+# initialised (never-quantized) head, and each adapter brings its own head anyway.
+HEAD_NAMES = ("classifier", "score")
+
+
+def pick_device(setting: str) -> str:
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return setting
+
+
+def resolve_quantization(setting: str, device: str) -> str:
+    """`auto` is nf4 on CUDA; on CPU bitsandbytes de-quantizes every matmul, so fp32 is faster there."""
+    if setting == "auto":
+        return "nf4" if device == "cuda" else "none"
+    return setting
+
+
+@dataclass
+class LoadedBase:
+    name: str
+    model: Any  # a *ForSequenceClassification model
+    tokenizer: Any
+    device: str
+    quantization: str
+    head_name: str
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.hidden_size)
+
+
+def load_tokenizer(resolved: ResolvedModel) -> Any:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolved.path, revision=resolved.revision)
+    if tok.pad_token is None:  # decoder models (Llama, GPT-2) ship without one
+        tok.pad_token = tok.eos_token or tok.unk_token
+    tok.padding_side = "right"
+    return tok
+
+
+def quantization_config(quantization: str, device: str) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "none":
+        return None
+    if quantization == "nf4":
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+            llm_int8_skip_modules=list(HEAD_NAMES),
+        )
+    if quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(HEAD_NAMES))
+    raise ValueError(f"unknown quantization {quantization!r}")
+
+
+def load_base(resolved: ResolvedModel, quantization: str, device: str) -> LoadedBase:
+    from transformers import AutoModelForSequenceClassification
+
+    tok = load_tokenizer(resolved)
+    qcfg = quantization_config(quantization, device)
+    kwargs: dict[str, Any] = {"num_labels": 2, "revision": resolved.revision, "dtype": torch.float32}
+    if qcfg is not None:
+        kwargs.update(quantization_config=qcfg, device_map={"": device})
+    model = AutoModelForSequenceClassification.from_pretrained(resolved.path, **kwargs)
+    if qcfg is None:
+        model.to(device)
+    model.config.pad_token_id = tok.pad_token_id
+    head = next((n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Linear)), None)
+    if head is None:
+        raise ValueError(f"{resolved.name}: no classification head named one of {HEAD_NAMES}")
+    return LoadedBase(resolved.name, model, tok, device, quantization, head)
+
+
+def new_head(base: LoadedBase, labels: list[str], seed: int) -> nn.Linear:
+    """A freshly initialised head for this job's label set, put in place of the base's head."""
+    old: nn.Linear = getattr(base.model, base.head_name)
+    torch.manual_seed(seed)
+    head = nn.Linear(old.in_features, len(labels), bias=old.bias is not None)
+    std = getattr(base.model.config, "initializer_range", 0.02)
+    nn.init.normal_(head.weight, std=std)
+    if head.bias is not None:
+        nn.init.zeros_(head.bias)
+    head.to(base.device)
+    setattr(base.model, base.head_name, head)
+    cfg = base.model.config
+    cfg.num_labels = len(labels)
+    cfg.id2label = dict(enumerate(labels))
+    cfg.label2id = {label: i for i, label in enumerate(labels)}
+    cfg.problem_type = "single_label_classification"
+    return head

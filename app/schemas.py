@@ -1,0 +1,249 @@
+"""The HTTP contract: request and response bodies. Later issues and users rely on these fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+
+from app.jobs.models import Job, JobStatus
+from app.training.config import Hyperparameters
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: StrictStr
+    label: StrictStr | StrictInt
+    text_pair: StrictStr | None = None
+
+
+class DataSource(BaseModel):
+    """Inline records, or the id of an uploaded dataset (exactly one)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[Record] | None = None
+    dataset: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> DataSource:
+        if (self.records is None) == (self.dataset is None):
+            raise ValueError("give either records or dataset")
+        return self
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: StrictStr = Field(description="name of the adapter to train; a new version if it exists")
+    base_model: StrictStr = "minilm"
+    train: DataSource
+    validation: DataSource | None = None
+    validation_split: float = Field(0.1, ge=0, lt=1, description="held out of train when no validation")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+
+
+class Progress(BaseModel):
+    step: int
+    total_steps: int
+    epoch: float
+    fraction: float
+
+
+class ErrorInfo(BaseModel):
+    code: str
+    message: str
+
+
+class JobResult(BaseModel):
+    adapter: str
+    metrics: dict[str, Any]
+
+
+class JobPublic(BaseModel):
+    id: str
+    object: Literal["job"] = "job"
+    status: JobStatus
+    adapter: str
+    base_model: str
+    hyperparameters: dict[str, Any]
+    train_dataset: str
+    validation_dataset: str | None
+    validation_split: float
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+    error: ErrorInfo | None
+    result: JobResult | None
+    attempts: int
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobPublic:
+        status = JobStatus(job.status)
+        fraction = 1.0 if status is JobStatus.succeeded else (job.step / job.total_steps if job.total_steps else 0.0)
+        return cls(
+            id=job.id, status=status, adapter=job.adapter, base_model=job.base_model,
+            hyperparameters=job.hyperparameters, train_dataset=job.train_dataset,
+            validation_dataset=job.validation_dataset, validation_split=job.validation_split,
+            created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
+            progress=Progress(step=job.step, total_steps=job.total_steps, epoch=job.epoch,
+                              fraction=round(fraction, 4)),
+            error=ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None,
+            result=JobResult(adapter=job.result_adapter, metrics=job.result_metrics or {})
+            if job.result_adapter else None,
+            attempts=job.attempts,
+        )
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    has_more: bool
+
+
+class TrainPoint(BaseModel):
+    step: int
+    epoch: float
+    loss: float | None = None
+    learning_rate: float | None = None
+
+
+class EvalPoint(BaseModel):
+    step: int
+    epoch: float
+    loss: float | None = None
+    accuracy: float | None = None
+    f1_macro: float | None = None
+
+
+class JobMetrics(BaseModel):
+    job_id: str
+    status: JobStatus
+    progress: Progress
+    train: list[TrainPoint]
+    eval: list[EvalPoint]
+    summary: dict[str, Any]
+
+
+class EventPublic(BaseModel):
+    id: int
+    created_at: datetime
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any] | None
+
+
+class EventsPublic(BaseModel):
+    data: list[EventPublic]
+    has_more: bool
+
+
+class DatasetPublic(BaseModel):
+    id: str
+    filename: str | None
+    n_records: int
+    labels: dict[str, int]
+    created_at: datetime
+
+
+class AdapterVersionPublic(BaseModel):
+    name: str
+    version: int
+    ref: str
+    base_model: str
+    labels: list[str]
+    metrics: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    job_id: str | None
+    created_at: str
+    sha256: str
+    size_bytes: int
+
+
+class AdapterPublic(BaseModel):
+    name: str
+    latest: str
+    versions: list[AdapterVersionPublic]
+
+
+class LoadedAdapter(BaseModel):
+    adapter: str
+    base_model: str
+    bytes: int
+    requests: int
+
+
+class AdaptersPublic(BaseModel):
+    data: list[AdapterPublic]
+    loaded: list[LoadedAdapter]
+
+
+class DeletedPublic(BaseModel):
+    deleted: list[str]
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: StrictStr = Field(description="`name` (newest version) or `name@vN`")
+    inputs: StrictStr | list[StrictStr]
+    text_pairs: list[StrictStr] | None = Field(None, description="second texts, one per input (pair tasks)")
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float
+    scores: dict[str, float]
+
+
+class PredictResponse(BaseModel):
+    adapter: str
+    predictions: list[Prediction]
+
+
+class EvaluateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    adapter: StrictStr
+    records: list[Record] | None = None
+    dataset: StrictStr | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> EvaluateRequest:
+        if (self.records is None) == (self.dataset is None):
+            raise ValueError("give either records or dataset")
+        return self
+
+
+class EvaluateResponse(BaseModel):
+    adapter: str
+    n: int
+    accuracy: float
+    f1_macro: float
+    precision_macro: float
+    recall_macro: float
+    labels: list[str]
+    confusion_matrix: list[list[int]]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    version: str
+    queued: int
+    workers: int
+    device: str
+    quantization: str
+    base_models: list[str]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail

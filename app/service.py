@@ -1,0 +1,169 @@
+"""The application core: what each API call does, over the stores, the registry and the engine.
+
+Never imports FastAPI: the routes are thin wrappers over these methods, and tests can call them directly.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version as pkg_version
+from typing import Any
+
+from app import schemas
+from app.adapters import AdapterStore, AdapterVersion, validate_name
+from app.config import Settings
+from app.datasets import DatasetStore
+from app.errors import NotFound, PayloadTooLarge, ValidationFailed
+from app.inference.engine import InferenceEngine
+from app.inference.evaluation import evaluate, to_predictions
+from app.jobs.models import DatasetRow, Job
+from app.jobs.store import JobStore
+from app.models.loading import pick_device, resolve_quantization
+from app.models.registry import ModelRegistry
+from app.training.data import Limits, check_split_possible, parse_upload, validate_records
+
+
+class PeftServe:
+    def __init__(self, settings: Settings):
+        settings.ensure_dirs()
+        self.settings = settings
+        self.store = JobStore(settings.db_url)
+        self.datasets = DatasetStore(settings.datasets_dir, self.store)
+        self.adapters = AdapterStore(settings.adapters_dir)
+        self.registry = ModelRegistry(settings.models, settings.model_cache_dir)
+        self.device = pick_device(settings.device)
+        self.quantization = resolve_quantization(settings.quantization, self.device)
+        self.engine = InferenceEngine(self.registry, self.adapters, self.device, self.quantization,
+                                      settings.max_loaded_adapters, settings.predict_batch_size)
+        self.limits = Limits(settings.max_records, settings.max_text_chars, settings.max_labels)
+
+    def close(self) -> None:
+        self.store.close()
+
+    def health(self) -> schemas.Health:
+        return schemas.Health(version=pkg_version("peftserve"), queued=self.store.queue_length(),
+                              workers=self.settings.workers, device=self.device,
+                              quantization=self.quantization, base_models=self.registry.names())
+
+    # ---- datasets -------------------------------------------------------------------------------
+    def upload_dataset(self, filename: str, content: bytes) -> DatasetRow:
+        if len(content) > self.settings.max_upload_bytes:
+            raise PayloadTooLarge(f"upload is over the limit of {self.settings.max_upload_bytes} bytes", "file")
+        rows = parse_upload(filename, content, self.limits)
+        return self.datasets.save(rows, filename=filename)
+
+    def _rows(self, source: schemas.DataSource | schemas.EvaluateRequest, prefix: str = "",
+              min_labels: int = 2) -> tuple[DatasetRow | None, list[dict]]:
+        """Records of a request: an uploaded dataset's, or inline ones validated here (and not stored)."""
+        if source.dataset is not None:
+            try:
+                row = self.datasets.get(source.dataset, field=f"{prefix}dataset")
+            except NotFound as e:
+                raise ValidationFailed(e.message, field=e.field) from None
+            return row, self.datasets.load(row.id)
+        rows = validate_records([r.model_dump(exclude_none=True) for r in source.records or []],
+                                f"{prefix}records", self.limits, min_labels=min_labels)
+        return None, rows
+
+    def _stored(self, source: schemas.DataSource, prefix: str, min_labels: int = 2) -> tuple[DatasetRow, list]:
+        row, rows = self._rows(source, prefix, min_labels)
+        return (row or self.datasets.save(rows)), rows
+
+    # ---- jobs ---------------------------------------------------------------------------------
+    def submit_job(self, body: schemas.JobCreate) -> Job:
+        validate_name(body.adapter, "adapter")
+        if body.base_model not in self.registry.sources:
+            raise ValidationFailed(f"unknown base model {body.base_model!r}; known: "
+                                   f"{', '.join(self.registry.names())}", field="base_model")
+        train, train_rows = self._stored(body.train, "train.")
+        validation = None
+        if body.validation is not None:
+            validation, val_rows = self._stored(body.validation, "validation.", min_labels=1)
+            known = set(train.labels)
+            for i, r in enumerate(val_rows):
+                if r["label"] not in known:
+                    raise ValidationFailed(f"label {r['label']!r} does not occur in the training data",
+                                           field=f"validation.records[{i}].label"
+                                           if body.validation.records is not None else "validation.dataset")
+        else:
+            check_split_possible(len(train_rows), body.validation_split, "validation_split")
+        return self.store.create_job(
+            adapter=body.adapter, base_model=body.base_model,
+            hyperparameters=body.hyperparameters.model_dump(), train_dataset=train.id,
+            validation_dataset=validation.id if validation else None,
+            validation_split=body.validation_split if validation is None else 0.0,
+        )
+
+    def job_metrics(self, job_id: str) -> schemas.JobMetrics:
+        job = self.store.get_job(job_id)
+        points = self.store.metrics(job_id)
+        train = [schemas.TrainPoint(step=p.step, epoch=p.epoch, **p.values) for p in points if p.kind == "train"]
+        evals = [schemas.EvalPoint(step=p.step, epoch=p.epoch, **p.values) for p in points if p.kind == "eval"]
+        summary: dict[str, Any] = dict(job.result_metrics or {})
+        if train:
+            summary.setdefault("last_loss", train[-1].loss)
+        if evals:
+            best = max(evals, key=lambda e: e.f1_macro or 0.0)
+            summary.setdefault("best_eval", best.model_dump())
+        public = schemas.JobPublic.from_job(job)
+        return schemas.JobMetrics(job_id=job.id, status=public.status, progress=public.progress,
+                                  train=train, eval=evals, summary=summary)
+
+    # ---- adapters -------------------------------------------------------------------------------
+    @staticmethod
+    def _version_public(v: AdapterVersion) -> schemas.AdapterVersionPublic:
+        m = v.meta
+        return schemas.AdapterVersionPublic(
+            name=v.name, version=v.version, ref=v.ref, base_model=m["base_model"], labels=m["labels"],
+            metrics=m.get("metrics", {}), hyperparameters=m.get("hyperparameters", {}), job_id=m.get("job_id"),
+            created_at=m.get("created_at", ""), sha256=m.get("sha256", ""), size_bytes=v.size_bytes,
+        )
+
+    def adapter(self, name: str) -> schemas.AdapterPublic:
+        versions = [self._version_public(v) for v in self.adapters.versions(name)]
+        return schemas.AdapterPublic(name=name, latest=versions[-1].ref, versions=versions)
+
+    def list_adapters(self) -> schemas.AdaptersPublic:
+        return schemas.AdaptersPublic(
+            data=[self.adapter(n) for n in self.adapters.names()],
+            loaded=[schemas.LoadedAdapter(**r) for r in self.engine.loaded()],
+        )
+
+    def delete_adapter(self, ref: str) -> list[str]:
+        removed = self.adapters.delete(ref)
+        self.engine.unload(removed[0].name)
+        return [v.ref for v in removed]
+
+    # ---- inference ------------------------------------------------------------------------------
+    def predict(self, body: schemas.PredictRequest) -> schemas.PredictResponse:
+        texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
+        if not texts:
+            raise ValidationFailed("give at least one input", field="inputs")
+        if len(texts) > self.settings.max_predict_inputs:
+            raise ValidationFailed(f"{len(texts)} inputs is over the limit of {self.settings.max_predict_inputs}",
+                                   field="inputs")
+        for i, t in enumerate(texts):
+            if not t.strip():
+                raise ValidationFailed("input is empty", field=f"inputs[{i}]")
+            if len(t) > self.settings.max_text_chars:
+                raise ValidationFailed(f"input has {len(t)} characters, over the limit of "
+                                       f"{self.settings.max_text_chars}", field=f"inputs[{i}]")
+        if body.text_pairs is not None and len(body.text_pairs) != len(texts):
+            raise ValidationFailed("give one text pair per input", field="text_pairs")
+        version, probs = self.engine.predict(body.adapter, texts, body.text_pairs)
+        return schemas.PredictResponse(adapter=version.ref,
+                                       predictions=to_predictions(version.labels, probs))
+
+    def evaluate(self, body: schemas.EvaluateRequest) -> schemas.EvaluateResponse:
+        version = self.adapters.resolve(body.adapter)
+        _, rows = self._rows(body, min_labels=1)
+        known = set(version.labels)
+        for i, r in enumerate(rows):
+            if r["label"] not in known:
+                raise ValidationFailed(f"label {r['label']!r} is not one of the adapter's labels "
+                                       f"{version.labels}", field=f"records[{i}].label"
+                                       if body.records is not None else "dataset")
+        pairs = [r.get("text_pair") for r in rows]
+        version, probs = self.engine.predict(version.ref, [r["text"] for r in rows],
+                                             pairs if any(pairs) else None)
+        return schemas.EvaluateResponse(adapter=version.ref,
+                                        **evaluate(version.labels, [r["label"] for r in rows], probs))

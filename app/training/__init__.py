@@ -1,0 +1,1 @@
+"""Training: hyperparameters, data validation and the LoRA trainer. Knows nothing of HTTP or the database."""

@@ -1,0 +1,108 @@
+import threading
+import time
+
+import pytest
+
+from app.errors import Conflict, NotFound
+from app.jobs.models import JobStatus
+from app.jobs.store import JobStore
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    yield s
+    s.close()
+
+
+def make(store, n=1):
+    return [store.create_job(adapter=f"a{i}", base_model="tiny-bert", hyperparameters={}, train_dataset="ds_x",
+                             validation_dataset=None, validation_split=0.1) for i in range(n)]
+
+
+def test_claims_are_exclusive_across_processes_worth_of_connections(tmp_path):
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    stores = [JobStore(url) for _ in range(4)]
+    ids = {j.id for j in make(stores[0], 30)}
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def drain(s, wid):
+        while (job := s.claim_next(wid)) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=drain, args=(s, f"w{i}")) for i, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(ids)  # every job exactly once
+    for s in stores:
+        s.close()
+
+
+def test_claim_order_and_finish(store):
+    first, second = make(store, 2)
+    job = store.claim_next("w1")
+    assert job.id == first.id and job.status == "running" and job.attempts == 1
+    store.finish(job.id, "w1", JobStatus.succeeded, result_adapter="a0@v1", result_metrics={"accuracy": 1.0},
+                 message="done")
+    done = store.get_job(job.id)
+    assert done.status == "succeeded" and done.finished_at is not None and done.result_adapter == "a0@v1"
+    # a worker that lost the job cannot finish it
+    job2 = store.claim_next("w1")
+    store.finish(job2.id, "intruder", JobStatus.failed, error=("x", "y"), message="no")
+    assert store.get_job(job2.id).status == "running"
+
+
+def test_cancel_queued_and_running(store):
+    queued, running = make(store, 2)
+    store.claim_next("w")  # takes `queued` (the older)
+    assert store.get_job(queued.id).status == "running"
+    assert store.request_cancel(running.id).status == "cancelled"
+    assert store.heartbeat(queued.id, "w") is False
+    assert store.request_cancel(queued.id).cancel_requested is True
+    assert store.heartbeat(queued.id, "w") is True  # the worker is told to stop
+    with pytest.raises(Conflict):
+        store.request_cancel(running.id)
+    with pytest.raises(NotFound):
+        store.request_cancel("job_nope")
+
+
+def test_pagination_and_status_filter(store):
+    jobs = make(store, 5)
+    page, more = store.list_jobs(limit=2)
+    assert [j.id for j in page] == [jobs[4].id, jobs[3].id] and more
+    page2, more2 = store.list_jobs(limit=2, after=page[-1].id)
+    assert [j.id for j in page2] == [jobs[2].id, jobs[1].id] and more2
+    store.claim_next("w")
+    running, _ = store.list_jobs(status=JobStatus.running)
+    assert [j.id for j in running] == [jobs[0].id]
+
+
+def test_stale_jobs_requeue_then_fail(store):
+    (job,) = make(store, 1)
+    store.claim_next("w")
+    time.sleep(0.05)
+    assert store.requeue_stale(0.01, max_attempts=2) == [job.id]
+    assert store.get_job(job.id).status == "queued"
+    store.claim_next("w2")
+    time.sleep(0.05)
+    store.requeue_stale(0.01, max_attempts=2)
+    failed = store.get_job(job.id)
+    assert failed.status == "failed" and failed.error_code == "worker_lost"
+
+
+def test_metrics_and_events_persist(tmp_path):
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    s = JobStore(url)
+    (job,) = make(s, 1)
+    s.add_metrics(job.id, [{"kind": "train", "step": 1, "epoch": 0.5, "values": {"loss": 0.7}}])
+    s.add_event(job.id, "hello", type="message")
+    s.close()
+    again = JobStore(url)
+    assert [p.values for p in again.metrics(job.id)] == [{"loss": 0.7}]
+    assert [e.message for e in again.events(job.id)][-1] == "hello"
+    assert again.get_job(job.id).created_at.tzinfo is not None
+    again.close()
