@@ -129,9 +129,9 @@ class PeftServe:
         )
 
     def delete_adapter(self, ref: str) -> list[str]:
-        removed = self.adapters.delete(ref)
-        self.engine.unload(removed[0].name)
-        return [v.ref for v in removed]
+        removed = [v.ref for v in self.adapters.delete(ref)]
+        self.engine.unload(removed)
+        return removed
 
     # ---- inference ------------------------------------------------------------------------------
     def predict(self, body: schemas.PredictRequest) -> schemas.PredictResponse:

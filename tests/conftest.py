@@ -19,19 +19,32 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"tiny-bert": build_bert(root / "tiny-bert"), "tiny-llama": build_llama(root / "tiny-llama")}
 
 
-@pytest.fixture
-def settings(tmp_path: Path, tiny_models: dict[str, Path]):
+def make_settings(root: Path, tiny_models: dict[str, Path], **overrides):
     from app.config import ModelSource, Settings
 
-    return Settings(
-        data_dir=tmp_path / "data",
-        adapters_dir=tmp_path / "adapters",
+    values = dict(
+        data_dir=root / "data",
+        adapters_dir=root / "adapters",
         workers=0,
         models={name: ModelSource(kind="local", location=str(p)) for name, p in tiny_models.items()},
         poll_interval=0.1,
         heartbeat_interval=0.5,
-        _env_file=None,
     )
+    values.update(overrides)
+    return Settings(_env_file=None, **values)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, tiny_models: dict[str, Path]):
+    return make_settings(tmp_path, tiny_models)
+
+
+def submit(service, adapter: str, records: list[dict], base_model: str = "tiny-bert", **hyper):
+    from app.schemas import JobCreate
+
+    hp = {"epochs": 8, "batch_size": 8, "learning_rate": 1e-2, **hyper}
+    body = JobCreate(adapter=adapter, base_model=base_model, train={"records": records}, hyperparameters=hp)
+    return service.submit_job(body)
 
 
 def shared_data(name: str) -> Path:

@@ -74,11 +74,12 @@ class InferenceEngine:
                 for ref, r in self._resident.items()
             ]
 
-    def unload(self, name: str) -> None:
-        """Drop every resident version of `name` (after a delete)."""
+    def unload(self, refs: list[str]) -> None:
+        """Drop these versions if resident (after a delete)."""
         with self._lock:
-            for ref in [r for r, res in self._resident.items() if res.version.name == name]:
-                self._evict(ref)
+            for ref in refs:
+                if ref in self._resident:
+                    self._evict(ref)
 
     # ---- internals ------------------------------------------------------------------------------
     def _slot(self, base_name: str) -> _Slot:
@@ -136,6 +137,7 @@ class InferenceEngine:
             slot.peft.delete_adapter(key)
             raise ValidationFailed(f"adapter {version.ref} does not fit base {meta['base_model']}: "
                                    f"{unexpected[:3]}", field="adapter")
+        _keep_active_valid(slot.peft)
         slot.peft.eval()
         nbytes = sum(t.numel() * t.element_size() for t in state.values())
         log.info("loaded adapter %s (%d bytes) as %s", version.ref, nbytes, key)
@@ -143,7 +145,9 @@ class InferenceEngine:
 
     def _evict(self, ref: str) -> None:
         res = self._resident.pop(ref)
-        self._slots[res.version.meta["base_model"]].peft.delete_adapter(res.key)
+        peft_model = self._slots[res.version.meta["base_model"]].peft
+        peft_model.delete_adapter(res.key)
+        _keep_active_valid(peft_model)
         log.info("unloaded adapter %s", ref)
 
     def _forward(self, slot: _Slot, res: _Resident, texts: list[str], pairs: list[str | None] | None,
@@ -163,3 +167,11 @@ class InferenceEngine:
                 probs = torch.softmax(res.head(feats.to(res.head.weight.dtype)).float(), dim=-1)
                 out[idx] = probs.cpu()
         return out
+
+
+def _keep_active_valid(peft_model: Any) -> None:
+    """Rows pick their adapter through `adapter_names`, but peft still checks its *active* adapter on every
+    forward: keep it pointing at one that exists after adds and deletes."""
+    configs = peft_model.peft_config
+    if configs and not all(a in configs for a in peft_model.active_adapters):
+        peft_model.set_adapter(next(iter(configs)))

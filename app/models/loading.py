@@ -102,6 +102,7 @@ def new_head(base: LoadedBase, labels: list[str], seed: int) -> nn.Linear:
         nn.init.zeros_(head.bias)
     head.to(base.device)
     setattr(base.model, base.head_name, head)
+    base.model.num_labels = len(labels)  # the model keeps its own copy for the loss
     cfg = base.model.config
     cfg.num_labels = len(labels)
     cfg.id2label = dict(enumerate(labels))

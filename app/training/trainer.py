@@ -69,6 +69,7 @@ def train_adapter(
     new_head(base, labels, hp.seed)
     if base.quantization != "none" and not getattr(base.model, "_peftserve_kbit_ready", False):
         prepare_model_for_kbit_training(base.model, use_gradient_checkpointing=gradient_checkpointing)
+        _keep_4bit_training_layout(base.model)
         base.model._peftserve_kbit_ready = True
 
     lora = LoraConfig(
@@ -81,7 +82,9 @@ def train_adapter(
     try:
         model = get_peft_model(base.model, lora)
     except ValueError as e:  # e.g. target_modules naming nothing in this model
-        raise TrainingError("invalid_hyperparameters", f"LoRA set-up failed: {e}") from e
+        raise TrainingError(
+            "invalid_hyperparameters", f"LoRA set-up failed for target_modules={hp.target_modules}: {e}"
+        ) from e
     try:
         label_ids = {label: i for i, label in enumerate(labels)}
         train_ds = _tokenize(base.tokenizer, train_rows, label_ids, hp.max_length)
@@ -146,6 +149,14 @@ def train_adapter(
     finally:
         # Take LoRA layers and the head wrapper off again: the shared base is clean for the next job.
         base.model = model.unload()
+
+
+def _keep_4bit_training_layout(model: torch.nn.Module) -> None:
+    """bitsandbytes repacks 4-bit weights for CPU inference at the first no-grad eval forward; training
+    after that (the next epoch) then fails on the packed path. Training workers keep the plain layout."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _tokenize(tokenizer: Any, rows: list[dict], label_ids: dict[str, int], max_length: int) -> Any:

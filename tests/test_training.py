@@ -1,0 +1,134 @@
+"""The real training path (worker → trainer → adapter store) on tiny models built from config."""
+
+import threading
+import time
+
+import pytest
+import torch
+
+from app.jobs.worker import Worker
+from app.service import PeftServe
+from tests.conftest import make_settings, submit
+from tests.tiny import toy_sentiment, toy_topic
+
+
+def run_all(settings) -> Worker:
+    worker = Worker(settings)
+    worker.run(burst=True)
+    return worker
+
+
+def test_job_trains_saves_and_reports(settings):
+    svc = PeftServe(settings)
+    job = submit(svc, "sent", toy_sentiment(200))
+    run_all(settings)
+    done = svc.store.get_job(job.id)
+    assert done.status == "succeeded", done.error_message
+    assert done.result_adapter == "sent@v1"
+    assert done.step == done.total_steps > 0
+    m = svc.job_metrics(job.id)
+    assert len(m.train) >= 4 and all(p.loss is not None and p.learning_rate is not None for p in m.train)
+    assert [round(p.epoch) for p in m.eval] == list(range(1, 9))
+    assert m.summary["accuracy"] >= 0.75, m.summary  # 20 held-out toy rows, chance is 0.5
+    files = sorted(p.name for p in (settings.adapters_dir / "sent" / "v1").iterdir())
+    assert files == ["adapter_config.json", "adapter_model.safetensors", "peftserve.json"]
+    meta = svc.adapters.resolve("sent").meta
+    assert meta["labels"] == ["neg", "pos"] and meta["job_id"] == job.id and meta["base_model"] == "tiny-bert"
+    kinds = [e.type for e in svc.store.events(job.id)]
+    assert "metrics" in kinds
+
+
+def test_base_is_shared_and_left_clean_between_jobs(settings):
+    svc = PeftServe(settings)
+    submit(svc, "first", toy_sentiment(48), epochs=1)
+    worker = Worker(settings)
+    worker.run(burst=True)
+    base = worker.base
+    before = {k: v.clone() for k, v in base.model.state_dict().items() if "classifier" not in k}
+    submit(svc, "second", toy_topic(48), epochs=1)  # other label count, same loaded base
+    worker.run(burst=True)
+    assert worker.base is base  # not reloaded
+    after = {k: v for k, v in base.model.state_dict().items() if "classifier" not in k}
+    assert after.keys() == before.keys()  # no LoRA layers left behind
+    assert all(torch.equal(before[k], after[k]) for k in before)  # frozen weights untouched
+    assert svc.adapters.resolve("second").meta["labels"] == ["neg", "pos", "sport"]
+
+
+def test_tiny_llama_trains(settings):
+    svc = PeftServe(settings)
+    job = submit(svc, "dec", toy_sentiment(48), base_model="tiny-llama", epochs=1)
+    run_all(settings)
+    assert svc.store.get_job(job.id).status == "succeeded"
+    assert svc.adapters.resolve("dec").meta["head"] == "score"
+
+
+def test_nf4_on_cpu_through_the_real_path(tmp_path, tiny_models):
+    settings = make_settings(tmp_path, tiny_models, quantization="nf4")
+    svc = PeftServe(settings)
+    job = submit(svc, "q", toy_sentiment(64), epochs=2)
+    worker = run_all(settings)
+    done = svc.store.get_job(job.id)
+    assert done.status == "succeeded", done.error_message
+    import bitsandbytes as bnb
+
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in worker.base.model.modules())
+    assert svc.adapters.resolve("q").meta["quantization"] == "nf4"
+    from app.schemas import PredictRequest
+
+    out = svc.predict(PredictRequest(adapter="q", inputs=["good film", "awful plot"]))
+    assert out.adapter == "q@v1" and all(abs(sum(p.scores.values()) - 1) < 1e-4 for p in out.predictions)
+
+
+def test_cancel_stops_a_running_job_promptly(settings):
+    svc = PeftServe(settings)
+    job = submit(svc, "long", toy_sentiment(400), epochs=100, batch_size=4)
+    worker = Worker(settings)
+    t = threading.Thread(target=worker.run, kwargs={"burst": True})
+    t.start()
+    deadline = time.monotonic() + 60
+    while svc.store.get_job(job.id).step < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    asked = time.monotonic()
+    svc.store.request_cancel(job.id)
+    t.join(30)
+    assert not t.is_alive()
+    done = svc.store.get_job(job.id)
+    assert done.status == "cancelled" and done.step < done.total_steps
+    assert time.monotonic() - asked < 10
+    assert svc.adapters.names() == []  # nothing half-saved
+
+
+def test_shutdown_returns_the_job_to_the_queue(settings):
+    svc = PeftServe(settings)
+    job = submit(svc, "long", toy_sentiment(400), epochs=100, batch_size=4)
+    worker = Worker(settings)
+    t = threading.Thread(target=worker.run)
+    t.start()
+    deadline = time.monotonic() + 60
+    while svc.store.get_job(job.id).step < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.stopping.set()
+    t.join(30)
+    again = svc.store.get_job(job.id)
+    assert again.status == "queued" and again.step == 0
+
+
+def test_bad_target_modules_fail_the_job_with_a_clear_error(settings):
+    svc = PeftServe(settings)
+    job = submit(svc, "x", toy_sentiment(20), target_modules=["no_such_module"])
+    run_all(settings)
+    done = svc.store.get_job(job.id)
+    assert done.status == "failed" and done.error_code == "invalid_hyperparameters"
+    assert "no_such_module" in done.error_message
+
+
+@pytest.mark.parametrize("seed", [3])
+def test_training_is_seeded(tmp_path, tiny_models, seed):
+    results = []
+    for run in range(2):
+        settings = make_settings(tmp_path / str(run), tiny_models)
+        svc = PeftServe(settings)
+        submit(svc, "s", toy_sentiment(32), epochs=1, seed=seed)
+        run_all(settings)
+        results.append(svc.adapters.resolve("s").meta["metrics"]["train_loss"])
+    assert results[0] == results[1]
