@@ -173,5 +173,7 @@ def _keep_active_valid(peft_model: Any) -> None:
     """Rows pick their adapter through `adapter_names`, but peft still checks its *active* adapter on every
     forward: keep it pointing at one that exists after adds and deletes."""
     configs = peft_model.peft_config
-    if configs and not all(a in configs for a in peft_model.active_adapters):
+    active = peft_model.active_adapter  # PeftModel's own copy, which can go stale apart from the tuner's
+    names = [active] if isinstance(active, str) else list(active or [])
+    if configs and not all(a in configs for a in [*names, *peft_model.active_adapters]):
         peft_model.set_adapter(next(iter(configs)))

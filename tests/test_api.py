@@ -1,0 +1,176 @@
+"""The HTTP contract through FastAPI's TestClient; training by an in-process burst worker."""
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.jobs.worker import Worker
+from app.main import create_app
+from tests.tiny import toy_sentiment, toy_topic
+
+HP = {"epochs": 8, "batch_size": 8, "learning_rate": 1e-2}
+
+
+@pytest.fixture
+def client(settings):
+    with TestClient(create_app(settings)) as c:
+        c.settings = settings
+        yield c
+
+
+def train(client, adapter="sent", records=None, **extra):
+    body = {"adapter": adapter, "base_model": "tiny-bert",
+            "train": {"records": records or toy_sentiment(120)}, "hyperparameters": HP, **extra}
+    r = client.post("/jobs", json=body)
+    assert r.status_code == 202, r.text
+    Worker(client.settings).run(burst=True)
+    return client.get(f"/jobs/{r.json()['id']}").json()
+
+
+def assert_error(r, status, field=None):
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"code", "message", "field"} and err["message"]
+    if field is not None:
+        assert err["field"] == field, err
+    return err
+
+
+def test_job_lifecycle_metrics_predict_evaluate(client):
+    r = client.post("/jobs", json={"adapter": "sent", "base_model": "tiny-bert",
+                                   "train": {"records": toy_sentiment(120)}, "hyperparameters": HP})
+    job = r.json()
+    assert r.status_code == 202 and job["status"] == "queued" and job["result"] is None
+    assert job["progress"] == {"step": 0, "total_steps": 0, "epoch": 0.0, "fraction": 0.0}
+    assert job["hyperparameters"]["lora_r"] == 8 and job["hyperparameters"]["epochs"] == 8
+    Worker(client.settings).run(burst=True)
+    job = client.get(f"/jobs/{job['id']}").json()
+    assert job["status"] == "succeeded" and job["result"]["adapter"] == "sent@v1"
+    assert job["progress"]["fraction"] == 1.0 and job["started_at"] and job["finished_at"]
+    metrics = client.get(f"/jobs/{job['id']}/metrics").json()
+    assert metrics["status"] == "succeeded" and len(metrics["eval"]) == 8
+    assert {"step", "epoch", "loss", "learning_rate"} <= set(metrics["train"][0])
+    assert {"step", "epoch", "loss", "accuracy", "f1_macro"} <= set(metrics["eval"][0])
+    assert metrics["summary"]["accuracy"] == job["result"]["metrics"]["accuracy"]
+
+    pred = client.post("/predict", json={"adapter": "sent", "inputs": "a great and lovely film"}).json()
+    assert pred["adapter"] == "sent@v1" and len(pred["predictions"]) == 1
+    p = pred["predictions"][0]
+    assert p["label"] in ("pos", "neg") and p["score"] == max(p["scores"].values())
+    many = client.post("/predict", json={"adapter": "sent@v1", "inputs": ["good", "awful", "dull"]}).json()
+    assert len(many["predictions"]) == 3
+
+    ev = client.post("/evaluate", json={"adapter": "sent", "records": toy_sentiment(40, seed=5)}).json()
+    assert set(ev) == {"adapter", "n", "accuracy", "f1_macro", "precision_macro", "recall_macro", "labels",
+                       "confusion_matrix"}
+    assert ev["n"] == 40 and ev["labels"] == ["neg", "pos"] and ev["accuracy"] > 0.7
+
+    events = client.get(f"/jobs/{job['id']}/events").json()["data"]
+    assert events[0]["message"].startswith("Job created") and events[-1]["message"] == "Saved adapter sent@v1"
+
+
+def test_dataset_upload_and_job_from_dataset(client):
+    rows = toy_sentiment(60)
+    jsonl = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    r = client.post("/datasets", files={"file": ("train.jsonl", jsonl, "application/jsonl")})
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["n_records"] == 60 and ds["labels"] == {"neg": 30, "pos": 30}
+    assert client.post("/datasets", files={"file": ("again.jsonl", jsonl)}).json()["id"] == ds["id"]
+    csv = "text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in toy_sentiment(20, seed=3))
+    val = client.post("/datasets", files={"file": ("val.csv", csv.encode())}).json()
+    job = client.post("/jobs", json={"adapter": "fromds", "base_model": "tiny-bert", "train": {"dataset": ds["id"]},
+                                     "validation": {"dataset": val["id"]}, "hyperparameters": {"epochs": 1}})
+    assert job.status_code == 202 and job.json()["validation_dataset"] == val["id"]
+    assert client.get(f"/datasets/{ds['id']}").json()["n_records"] == 60
+
+
+def test_adapters_versions_and_delete(client):
+    train(client, "topic", toy_topic(60), hyperparameters={"epochs": 1})
+    train(client, "topic", toy_topic(60, seed=1), hyperparameters={"epochs": 1})
+    listing = client.get("/adapters").json()
+    assert [a["name"] for a in listing["data"]] == ["topic"]
+    one = client.get("/adapters/topic").json()
+    assert one["latest"] == "topic@v2" and [v["version"] for v in one["versions"]] == [1, 2]
+    assert one["versions"][0]["labels"] == ["neg", "pos", "sport"] and one["versions"][0]["sha256"]
+    client.post("/predict", json={"adapter": "topic", "inputs": "goal"})
+    assert [x["adapter"] for x in client.get("/adapters/loaded").json()] == ["topic@v2"]
+    assert client.delete("/adapters/topic@v2").json() == {"deleted": ["topic@v2"]}
+    assert client.post("/predict", json={"adapter": "topic", "inputs": "goal"}).json()["adapter"] == "topic@v1"
+    assert client.delete("/adapters/topic").json() == {"deleted": ["topic@v1"]}
+    assert_error(client.post("/predict", json={"adapter": "topic", "inputs": "goal"}), 404, "adapter")
+    assert_error(client.get("/adapters/topic"), 404)
+
+
+def test_list_and_cancel_jobs(client):
+    ids = [client.post("/jobs", json={"adapter": f"j{i}", "base_model": "tiny-bert",
+                                      "train": {"records": toy_sentiment(20)}}).json()["id"] for i in range(3)]
+    page = client.get("/jobs", params={"limit": 2}).json()
+    assert [j["id"] for j in page["data"]] == ids[::-1][:2] and page["has_more"] is True
+    rest = client.get("/jobs", params={"limit": 2, "after": ids[1]}).json()
+    assert [j["id"] for j in rest["data"]] == [ids[0]] and rest["has_more"] is False
+    cancelled = client.post(f"/jobs/{ids[0]}/cancel").json()
+    assert cancelled["status"] == "cancelled"
+    assert [j["id"] for j in client.get("/jobs", params={"status": "cancelled"}).json()["data"]] == [ids[0]]
+    assert_error(client.post(f"/jobs/{ids[0]}/cancel"), 409)
+    assert_error(client.get("/jobs", params={"status": "nope"}), 422, "status")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}, {"text": "b", "label": "p"}]}},
+         422, "train.records"),
+        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}, {"text": " ", "label": "n"}]}},
+         422, "train.records[1].text"),
+        ({"adapter": "x", "train": {"records": [{"text": "a"}]}}, 422, "train.records[0].label"),
+        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p", "extra": 1}]}},
+         422, "train.records[0].extra"),
+        ({"adapter": "../etc", "train": {"records": [{"text": "a", "label": "p"}]}}, 422, "adapter"),
+        ({"adapter": "x", "base_model": "gpt-17", "train": {"records": [{"text": "a", "label": "p"}]}},
+         422, "base_model"),
+        ({"adapter": "x", "train": {"dataset": "ds_000000000000000000000000"}}, 422, "train.dataset"),
+        ({"adapter": "x", "train": {}}, 422, "train"),
+        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}] * 3},
+          "hyperparameters": {"learning_rate": -1}}, 422, "hyperparameters.learning_rate"),
+        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}] * 3},
+          "hyperparameters": {"epochs": "many"}}, 422, "hyperparameters.epochs"),
+        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}] * 3},
+          "hyperparameters": {"lr": 1}}, 422, "hyperparameters.lr"),
+        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}] * 3}, "validation_split": 1.5},
+         422, "validation_split"),
+        ({"adapter": "x", "train": {"records": toy_sentiment(10)},
+          "validation": {"records": [{"text": "a", "label": "other"}]}}, 422, "validation.records[0].label"),
+    ],
+)
+def test_bad_job_requests_get_4xx_naming_the_field(client, body, status, field):
+    assert_error(client.post("/jobs", json=body), status, field)
+    assert client.get("/jobs").json()["data"] == []  # nothing queued
+
+
+def test_bad_inference_requests(client):
+    train(client, "sent", toy_sentiment(40), hyperparameters={"epochs": 1})
+    assert_error(client.post("/predict", json={"adapter": "sent", "inputs": []}), 422, "inputs")
+    assert_error(client.post("/predict", json={"adapter": "sent", "inputs": [""]}), 422, "inputs[0]")
+    assert_error(client.post("/predict", json={"adapter": "sent", "inputs": ["a"] * 257}), 422, "inputs")
+    assert_error(client.post("/predict", json={"adapter": "sent@v9", "inputs": "a"}), 404, "adapter")
+    assert_error(client.post("/predict", json={"adapter": "a/b", "inputs": "a"}), 422, "adapter")
+    assert_error(client.post("/predict", json={"inputs": "a"}), 422, "adapter")
+    assert_error(client.post("/evaluate", json={"adapter": "sent", "records": [{"text": "a", "label": "zzz"}]}),
+                 422, "records[0].label")
+    r = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
+    assert_error(r, 422, "body")
+    assert_error(client.get("/jobs/job_nope"), 404, "job_id")
+    assert_error(client.get("/nope"), 404)
+    bad = client.post("/datasets", files={"file": ("d.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": "x"}\n')})
+    assert bad.status_code == 422
+    assert client.get("/health").json()["status"] == "ok"  # still serving
+
+
+def test_upload_limit(tmp_path, tiny_models):
+    from tests.conftest import make_settings
+
+    with TestClient(create_app(make_settings(tmp_path, tiny_models, max_upload_bytes=100))) as c:
+        r = c.post("/datasets", files={"file": ("d.jsonl", b'{"text": "aaaa", "label": "x"}\n' * 10)})
+        assert_error(r, 413, "file")
