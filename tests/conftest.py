@@ -42,7 +42,7 @@ def settings(tmp_path: Path, tiny_models: dict[str, Path]):
 def submit(service, adapter: str, records: list[dict], base_model: str = "tiny-bert", **hyper):
     from app.schemas import JobCreate
 
-    hp = {"epochs": 8, "batch_size": 8, "learning_rate": 1e-2, **hyper}
+    hp = {"epochs": 15, "batch_size": 8, "learning_rate": 1e-2, **hyper}
     body = JobCreate(adapter=adapter, base_model=base_model, train={"records": records}, hyperparameters=hp)
     return service.submit_job(body)
 

@@ -9,7 +9,7 @@ from app.jobs.worker import Worker
 from app.main import create_app
 from tests.tiny import toy_sentiment, toy_topic
 
-HP = {"epochs": 8, "batch_size": 8, "learning_rate": 1e-2}
+HP = {"epochs": 15, "batch_size": 8, "learning_rate": 1e-2}
 
 
 @pytest.fixture
@@ -39,17 +39,18 @@ def assert_error(r, status, field=None):
 
 def test_job_lifecycle_metrics_predict_evaluate(client):
     r = client.post("/jobs", json={"adapter": "sent", "base_model": "tiny-bert",
-                                   "train": {"records": toy_sentiment(120)}, "hyperparameters": HP})
+                                   "train": {"records": toy_sentiment(200)},
+                                   "validation": {"records": toy_sentiment(100, seed=3)}, "hyperparameters": HP})
     job = r.json()
     assert r.status_code == 202 and job["status"] == "queued" and job["result"] is None
     assert job["progress"] == {"step": 0, "total_steps": 0, "epoch": 0.0, "fraction": 0.0}
-    assert job["hyperparameters"]["lora_r"] == 8 and job["hyperparameters"]["epochs"] == 8
+    assert job["hyperparameters"]["lora_r"] == 8 and job["hyperparameters"]["epochs"] == 15
     Worker(client.settings).run(burst=True)
     job = client.get(f"/jobs/{job['id']}").json()
     assert job["status"] == "succeeded" and job["result"]["adapter"] == "sent@v1"
     assert job["progress"]["fraction"] == 1.0 and job["started_at"] and job["finished_at"]
     metrics = client.get(f"/jobs/{job['id']}/metrics").json()
-    assert metrics["status"] == "succeeded" and len(metrics["eval"]) == 8
+    assert metrics["status"] == "succeeded" and len(metrics["eval"]) == 15
     assert {"step", "epoch", "loss", "learning_rate"} <= set(metrics["train"][0])
     assert {"step", "epoch", "loss", "accuracy", "f1_macro"} <= set(metrics["eval"][0])
     assert metrics["summary"]["accuracy"] == job["result"]["metrics"]["accuracy"]

@@ -1,0 +1,155 @@
+"""End to end: a real `peftserve serve` process (uvicorn) with its worker process, over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.tiny import toy_sentiment
+
+pytestmark = pytest.mark.e2e
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, workdir: Path, tiny_models: dict[str, Path], workers: int = 1):
+        self.workdir, self.port = workdir, free_port()
+        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PEFTSERVE_WORKERS": str(workers),
+                    "PEFTSERVE_POLL_INTERVAL": "0.2",
+                    "PEFTSERVE_MODELS": json.dumps({n: {"kind": "local", "location": str(p)}
+                                                    for n, p in tiny_models.items()})}
+        self.proc: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Server:
+        log = open(self.workdir / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
+            cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.workdir / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise TimeoutError("server did not start")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(60)
+
+    def wait_job(self, client: httpx.Client, job_id: str, until=("succeeded", "failed", "cancelled"),
+                 timeout: float = 180) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = client.get(f"/jobs/{job_id}").json()
+            if job["status"] in until:
+                return job
+            time.sleep(0.2)
+        raise TimeoutError(f"job {job_id} still {job['status']}")
+
+
+@pytest.fixture
+def server(tmp_path, tiny_models):
+    srv = Server(tmp_path, tiny_models)
+    yield srv
+    srv.stop()
+
+
+def test_train_predict_evaluate_and_survive_a_restart(server):
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        job = c.post("/jobs", json={"adapter": "sent", "base_model": "tiny-bert",
+                                    "train": {"records": toy_sentiment(200)},
+                                    "validation": {"records": toy_sentiment(100, seed=3)},
+                                    "hyperparameters": {"epochs": 15, "batch_size": 8, "learning_rate": 0.01}})
+        assert job.status_code == 202, job.text
+        job_id = job.json()["id"]
+        done = server.wait_job(c, job_id)
+        assert done["status"] == "succeeded", done["error"]
+        metrics = c.get(f"/jobs/{job_id}/metrics").json()
+        assert len(metrics["train"]) > 0 and len(metrics["eval"]) == 15
+        pred = c.post("/predict", json={"adapter": "sent", "inputs": ["a lovely superb film", "awful and dull"]})
+        assert pred.status_code == 200 and pred.json()["adapter"] == "sent@v1"
+        ev = c.post("/evaluate", json={"adapter": "sent", "records": toy_sentiment(40, seed=7)}).json()
+        assert ev["accuracy"] >= 0.75
+    assert (server.workdir / "adapters" / "sent" / "v1" / "adapter_model.safetensors").exists()
+    assert (server.workdir / ".peftserve" / "peftserve.db").exists()  # state under the working directory
+
+    server.stop()
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        again = c.get(f"/jobs/{job_id}").json()
+        assert again["status"] == "succeeded" and again["result"] == done["result"]
+        assert c.get(f"/jobs/{job_id}/metrics").json() == metrics
+        assert c.get("/adapters/sent").json()["latest"] == "sent@v1"
+        assert c.post("/predict", json={"adapter": "sent", "inputs": ["a lovely superb film", "awful and dull"]}
+                      ).json() == pred.json()
+
+
+def test_a_job_running_at_shutdown_is_requeued_and_finishes_after_restart(server):
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        job_id = c.post("/jobs", json={"adapter": "long", "base_model": "tiny-bert",
+                                       "train": {"records": toy_sentiment(400)},
+                                       "hyperparameters": {"epochs": 6, "batch_size": 4}}).json()["id"]
+        deadline = time.monotonic() + 60
+        while c.get(f"/jobs/{job_id}").json()["progress"]["step"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    server.stop()
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        events = [e["message"] for e in c.get(f"/jobs/{job_id}/events", params={"limit": 500}).json()["data"]]
+        assert any("Returned to the queue" in m for m in events), events
+        done = server.wait_job(c, job_id)
+        assert done["status"] == "succeeded" and done["attempts"] == 2
+
+
+def test_standalone_worker_and_cancel(tmp_path, tiny_models):
+    srv = Server(tmp_path, tiny_models, workers=0).start()
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            quick = c.post("/jobs", json={"adapter": "solo", "base_model": "tiny-llama",
+                                          "train": {"records": toy_sentiment(40)},
+                                          "hyperparameters": {"epochs": 1}}).json()["id"]
+            worker = subprocess.run([str(Path(sys.executable).parent / "peftserve"), "worker", "--burst"],
+                                    cwd=tmp_path, env=srv.env, capture_output=True, timeout=300)
+            assert worker.returncode == 0, worker.stderr[-2000:]
+            assert c.get(f"/jobs/{quick}").json()["status"] == "succeeded"
+
+            slow = c.post("/jobs", json={"adapter": "slow", "base_model": "tiny-bert",
+                                         "train": {"records": toy_sentiment(400)},
+                                         "hyperparameters": {"epochs": 100, "batch_size": 4}}).json()["id"]
+            proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=tmp_path, env=srv.env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                srv.wait_job(c, slow, until=("running",), timeout=60)
+                while c.get(f"/jobs/{slow}").json()["progress"]["step"] < 2:
+                    time.sleep(0.1)
+                assert c.post(f"/jobs/{slow}/cancel").status_code == 200
+                cancelled = srv.wait_job(c, slow, timeout=30)
+                assert cancelled["status"] == "cancelled"
+                assert c.get("/adapters/slow").status_code == 404
+            finally:
+                proc.terminate()
+                proc.wait(30)
+    finally:
+        srv.stop()
