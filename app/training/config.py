@@ -11,7 +11,7 @@ class Hyperparameters(BaseModel):
     epochs: int = Field(3, ge=1, le=100, description="passes over the training set")
     batch_size: int = Field(16, ge=1, le=1024, description="training examples per optimizer step")
     # LoRA trains few weights from a small init, so it wants a larger step than a full fine-tune (2e-5).
-    learning_rate: float = Field(5e-4, gt=0, le=1.0, description="peak learning rate (linear decay)")
+    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="peak learning rate (linear decay)")
     lora_r: int = Field(8, ge=1, le=256, description="rank of the LoRA update matrices")
     lora_alpha: int = Field(16, ge=1, le=1024, description="LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA branch input")
