@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint serve bench clean
+.PHONY: install demo test lint serve clean
 
 install: $(STAMP)
 
@@ -22,17 +22,18 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	HF_HUB_OFFLINE=1 $(PY) -m app.demo
 
+# Lint gates, then the whole suite: unit (tiny models), end-to-end (real server + worker processes),
+# integration (packaged minilm/smollm2 and ../shared/data, skipped with a reason where that is absent).
 test: install
-	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+	$(PY) -m ruff check app tests bench
+	$(PY) -m ruff format --check app tests bench
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=10
 
 lint: install
 	$(PY) -m ruff check app tests bench
 
 serve: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/peftserve serve
-
-bench: install
-	HF_HUB_OFFLINE=1 $(PY) -m bench.training
 
 clean:
 	rm -rf $(VENV) .peftserve

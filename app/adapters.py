@@ -29,8 +29,8 @@ METADATA = "peftserve.json"
 def validate_name(name: str, field: str = "adapter") -> str:
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         raise ValidationFailed(
-            "adapter names are 1-64 characters of letters, digits, '.', '_' and '-', starting with a letter "
-            "or digit", field=field,
+            "adapter names are 1-64 characters of letters, digits, '.', '_' and '-', starting with a letter or digit",
+            field=field,
         )
     return name
 
@@ -99,8 +99,12 @@ class AdapterStore:
         if not (staging / WEIGHTS).exists() or not (staging / CONFIG).exists():
             raise ValueError(f"{staging} lacks {WEIGHTS} or {CONFIG}")
         (staging / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub
-        meta = {**meta, "name": name, "sha256": sha256_file(staging / WEIGHTS),
-                "created_at": datetime.now(timezone.utc).isoformat()}
+        meta = {
+            **meta,
+            "name": name,
+            "sha256": sha256_file(staging / WEIGHTS),
+            "created_at": datetime.now(timezone.utc).isoformat(),
+        }
         folder = self.root / name
         folder.mkdir(exist_ok=True)
         for _ in range(100):
@@ -139,8 +143,10 @@ class AdapterStore:
         if version is None:
             version = versions[-1]
         elif version not in versions:
-            raise NotFound(f"adapter {name!r} has no version v{version}; it has "
-                           + ", ".join(f"v{v}" for v in versions), field=field)
+            raise NotFound(
+                f"adapter {name!r} has no version v{version}; it has " + ", ".join(f"v{v}" for v in versions),
+                field=field,
+            )
         return self._load(name, version)
 
     def versions(self, name: str, field: str = "name") -> list[AdapterVersion]:
@@ -151,8 +157,9 @@ class AdapterStore:
         return found
 
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and NAME_RE.fullmatch(p.name) and self._versions(p.name))
+        return sorted(
+            p.name for p in self.root.iterdir() if p.is_dir() and NAME_RE.fullmatch(p.name) and self._versions(p.name)
+        )
 
     def delete(self, ref: str, field: str = "name") -> list[AdapterVersion]:
         """Delete one version (`name@vN`) or every version (`name`). Renamed away first, then removed."""

@@ -85,15 +85,22 @@ class JobPublic(BaseModel):
         status = JobStatus(job.status)
         fraction = 1.0 if status is JobStatus.succeeded else (job.step / job.total_steps if job.total_steps else 0.0)
         return cls(
-            id=job.id, status=status, adapter=job.adapter, base_model=job.base_model,
-            hyperparameters=job.hyperparameters, train_dataset=job.train_dataset,
-            validation_dataset=job.validation_dataset, validation_split=job.validation_split,
-            created_at=job.created_at, started_at=job.started_at, finished_at=job.finished_at,
-            progress=Progress(step=job.step, total_steps=job.total_steps, epoch=job.epoch,
-                              fraction=round(fraction, 4)),
+            id=job.id,
+            status=status,
+            adapter=job.adapter,
+            base_model=job.base_model,
+            hyperparameters=job.hyperparameters,
+            train_dataset=job.train_dataset,
+            validation_dataset=job.validation_dataset,
+            validation_split=job.validation_split,
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            progress=Progress(step=job.step, total_steps=job.total_steps, epoch=job.epoch, fraction=round(fraction, 4)),
             error=ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None,
             result=JobResult(adapter=job.result_adapter, metrics=job.result_metrics or {})
-            if job.result_adapter else None,
+            if job.result_adapter
+            else None,
             attempts=job.attempts,
         )
 

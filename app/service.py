@@ -32,17 +32,28 @@ class PeftServe:
         self.registry = ModelRegistry(settings.models, settings.model_cache_dir)
         self.device = pick_device(settings.device)
         self.quantization = resolve_quantization(settings.quantization, self.device)
-        self.engine = InferenceEngine(self.registry, self.adapters, self.device, self.quantization,
-                                      settings.max_loaded_adapters, settings.predict_batch_size)
+        self.engine = InferenceEngine(
+            self.registry,
+            self.adapters,
+            self.device,
+            self.quantization,
+            settings.max_loaded_adapters,
+            settings.predict_batch_size,
+        )
         self.limits = Limits(settings.max_records, settings.max_text_chars, settings.max_labels)
 
     def close(self) -> None:
         self.store.close()
 
     def health(self) -> schemas.Health:
-        return schemas.Health(version=pkg_version("peftserve"), queued=self.store.queue_length(),
-                              workers=self.settings.workers, device=self.device,
-                              quantization=self.quantization, base_models=self.registry.names())
+        return schemas.Health(
+            version=pkg_version("peftserve"),
+            queued=self.store.queue_length(),
+            workers=self.settings.workers,
+            device=self.device,
+            quantization=self.quantization,
+            base_models=self.registry.names(),
+        )
 
     # ---- datasets -------------------------------------------------------------------------------
     def upload_dataset(self, filename: str, content: bytes) -> DatasetRow:
@@ -51,8 +62,9 @@ class PeftServe:
         rows = parse_upload(filename, content, self.limits)
         return self.datasets.save(rows, filename=filename)
 
-    def _rows(self, source: schemas.DataSource | schemas.EvaluateRequest, prefix: str = "",
-              min_labels: int = 2) -> tuple[DatasetRow | None, list[dict]]:
+    def _rows(
+        self, source: schemas.DataSource | schemas.EvaluateRequest, prefix: str = "", min_labels: int = 2
+    ) -> tuple[DatasetRow | None, list[dict]]:
         """Records of a request: an uploaded dataset's, or inline ones validated here (and not stored)."""
         if source.dataset is not None:
             try:
@@ -60,8 +72,12 @@ class PeftServe:
             except NotFound as e:
                 raise ValidationFailed(e.message, field=e.field) from None
             return row, self.datasets.load(row.id)
-        rows = validate_records([r.model_dump(exclude_none=True) for r in source.records or []],
-                                f"{prefix}records", self.limits, min_labels=min_labels)
+        rows = validate_records(
+            [r.model_dump(exclude_none=True) for r in source.records or []],
+            f"{prefix}records",
+            self.limits,
+            min_labels=min_labels,
+        )
         return None, rows
 
     def _stored(self, source: schemas.DataSource, prefix: str, min_labels: int = 2) -> tuple[DatasetRow, list]:
@@ -72,8 +88,9 @@ class PeftServe:
     def submit_job(self, body: schemas.JobCreate) -> Job:
         validate_name(body.adapter, "adapter")
         if body.base_model not in self.registry.sources:
-            raise ValidationFailed(f"unknown base model {body.base_model!r}; known: "
-                                   f"{', '.join(self.registry.names())}", field="base_model")
+            raise ValidationFailed(
+                f"unknown base model {body.base_model!r}; known: {', '.join(self.registry.names())}", field="base_model"
+            )
         train, train_rows = self._stored(body.train, "train.")
         validation = None
         if body.validation is not None:
@@ -81,14 +98,19 @@ class PeftServe:
             known = set(train.labels)
             for i, r in enumerate(val_rows):
                 if r["label"] not in known:
-                    raise ValidationFailed(f"label {r['label']!r} does not occur in the training data",
-                                           field=f"validation.records[{i}].label"
-                                           if body.validation.records is not None else "validation.dataset")
+                    raise ValidationFailed(
+                        f"label {r['label']!r} does not occur in the training data",
+                        field=f"validation.records[{i}].label"
+                        if body.validation.records is not None
+                        else "validation.dataset",
+                    )
         else:
             check_split_possible(len(train_rows), body.validation_split, "validation_split")
         return self.store.create_job(
-            adapter=body.adapter, base_model=body.base_model,
-            hyperparameters=body.hyperparameters.model_dump(), train_dataset=train.id,
+            adapter=body.adapter,
+            base_model=body.base_model,
+            hyperparameters=body.hyperparameters.model_dump(),
+            train_dataset=train.id,
             validation_dataset=validation.id if validation else None,
             validation_split=body.validation_split if validation is None else 0.0,
         )
@@ -105,17 +127,26 @@ class PeftServe:
             best = max(evals, key=lambda e: e.f1_macro or 0.0)
             summary.setdefault("best_eval", best.model_dump())
         public = schemas.JobPublic.from_job(job)
-        return schemas.JobMetrics(job_id=job.id, status=public.status, progress=public.progress,
-                                  train=train, eval=evals, summary=summary)
+        return schemas.JobMetrics(
+            job_id=job.id, status=public.status, progress=public.progress, train=train, eval=evals, summary=summary
+        )
 
     # ---- adapters -------------------------------------------------------------------------------
     @staticmethod
     def _version_public(v: AdapterVersion) -> schemas.AdapterVersionPublic:
         m = v.meta
         return schemas.AdapterVersionPublic(
-            name=v.name, version=v.version, ref=v.ref, base_model=m["base_model"], labels=m["labels"],
-            metrics=m.get("metrics", {}), hyperparameters=m.get("hyperparameters", {}), job_id=m.get("job_id"),
-            created_at=m.get("created_at", ""), sha256=m.get("sha256", ""), size_bytes=v.size_bytes,
+            name=v.name,
+            version=v.version,
+            ref=v.ref,
+            base_model=m["base_model"],
+            labels=m["labels"],
+            metrics=m.get("metrics", {}),
+            hyperparameters=m.get("hyperparameters", {}),
+            job_id=m.get("job_id"),
+            created_at=m.get("created_at", ""),
+            sha256=m.get("sha256", ""),
+            size_bytes=v.size_bytes,
         )
 
     def adapter(self, name: str) -> schemas.AdapterPublic:
@@ -139,19 +170,21 @@ class PeftServe:
         if not texts:
             raise ValidationFailed("give at least one input", field="inputs")
         if len(texts) > self.settings.max_predict_inputs:
-            raise ValidationFailed(f"{len(texts)} inputs is over the limit of {self.settings.max_predict_inputs}",
-                                   field="inputs")
+            raise ValidationFailed(
+                f"{len(texts)} inputs is over the limit of {self.settings.max_predict_inputs}", field="inputs"
+            )
         for i, t in enumerate(texts):
             if not t.strip():
                 raise ValidationFailed("input is empty", field=f"inputs[{i}]")
             if len(t) > self.settings.max_text_chars:
-                raise ValidationFailed(f"input has {len(t)} characters, over the limit of "
-                                       f"{self.settings.max_text_chars}", field=f"inputs[{i}]")
+                raise ValidationFailed(
+                    f"input has {len(t)} characters, over the limit of {self.settings.max_text_chars}",
+                    field=f"inputs[{i}]",
+                )
         if body.text_pairs is not None and len(body.text_pairs) != len(texts):
             raise ValidationFailed("give one text pair per input", field="text_pairs")
         version, probs = self.engine.predict(body.adapter, texts, body.text_pairs)
-        return schemas.PredictResponse(adapter=version.ref,
-                                       predictions=to_predictions(version.labels, probs))
+        return schemas.PredictResponse(adapter=version.ref, predictions=to_predictions(version.labels, probs))
 
     def evaluate(self, body: schemas.EvaluateRequest) -> schemas.EvaluateResponse:
         version = self.adapters.resolve(body.adapter)
@@ -159,11 +192,12 @@ class PeftServe:
         known = set(version.labels)
         for i, r in enumerate(rows):
             if r["label"] not in known:
-                raise ValidationFailed(f"label {r['label']!r} is not one of the adapter's labels "
-                                       f"{version.labels}", field=f"records[{i}].label"
-                                       if body.records is not None else "dataset")
+                raise ValidationFailed(
+                    f"label {r['label']!r} is not one of the adapter's labels {version.labels}",
+                    field=f"records[{i}].label" if body.records is not None else "dataset",
+                )
         pairs = [r.get("text_pair") for r in rows]
-        version, probs = self.engine.predict(version.ref, [r["text"] for r in rows],
-                                             pairs if any(pairs) else None)
-        return schemas.EvaluateResponse(adapter=version.ref,
-                                        **evaluate(version.labels, [r["label"] for r in rows], probs))
+        version, probs = self.engine.predict(version.ref, [r["text"] for r in rows], pairs if any(pairs) else None)
+        return schemas.EvaluateResponse(
+            adapter=version.ref, **evaluate(version.labels, [r["label"] for r in rows], probs)
+        )

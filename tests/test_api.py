@@ -20,8 +20,13 @@ def client(settings):
 
 
 def train(client, adapter="sent", records=None, **extra):
-    body = {"adapter": adapter, "base_model": "tiny-bert",
-            "train": {"records": records or toy_sentiment(120)}, "hyperparameters": HP, **extra}
+    body = {
+        "adapter": adapter,
+        "base_model": "tiny-bert",
+        "train": {"records": records or toy_sentiment(120)},
+        "hyperparameters": HP,
+        **extra,
+    }
     r = client.post("/jobs", json=body)
     assert r.status_code == 202, r.text
     Worker(client.settings).run(burst=True)
@@ -38,9 +43,16 @@ def assert_error(r, status, field=None):
 
 
 def test_job_lifecycle_metrics_predict_evaluate(client):
-    r = client.post("/jobs", json={"adapter": "sent", "base_model": "tiny-bert",
-                                   "train": {"records": toy_sentiment(200)},
-                                   "validation": {"records": toy_sentiment(100, seed=3)}, "hyperparameters": HP})
+    r = client.post(
+        "/jobs",
+        json={
+            "adapter": "sent",
+            "base_model": "tiny-bert",
+            "train": {"records": toy_sentiment(200)},
+            "validation": {"records": toy_sentiment(100, seed=3)},
+            "hyperparameters": HP,
+        },
+    )
     job = r.json()
     assert r.status_code == 202 and job["status"] == "queued" and job["result"] is None
     assert job["progress"] == {"step": 0, "total_steps": 0, "epoch": 0.0, "fraction": 0.0}
@@ -63,8 +75,16 @@ def test_job_lifecycle_metrics_predict_evaluate(client):
     assert len(many["predictions"]) == 3
 
     ev = client.post("/evaluate", json={"adapter": "sent", "records": toy_sentiment(40, seed=5)}).json()
-    assert set(ev) == {"adapter", "n", "accuracy", "f1_macro", "precision_macro", "recall_macro", "labels",
-                       "confusion_matrix"}
+    assert set(ev) == {
+        "adapter",
+        "n",
+        "accuracy",
+        "f1_macro",
+        "precision_macro",
+        "recall_macro",
+        "labels",
+        "confusion_matrix",
+    }
     assert ev["n"] == 40 and ev["labels"] == ["neg", "pos"] and ev["accuracy"] > 0.7
 
     events = client.get(f"/jobs/{job['id']}/events").json()["data"]
@@ -81,8 +101,16 @@ def test_dataset_upload_and_job_from_dataset(client):
     assert client.post("/datasets", files={"file": ("again.jsonl", jsonl)}).json()["id"] == ds["id"]
     csv = "text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in toy_sentiment(20, seed=3))
     val = client.post("/datasets", files={"file": ("val.csv", csv.encode())}).json()
-    job = client.post("/jobs", json={"adapter": "fromds", "base_model": "tiny-bert", "train": {"dataset": ds["id"]},
-                                     "validation": {"dataset": val["id"]}, "hyperparameters": {"epochs": 1}})
+    job = client.post(
+        "/jobs",
+        json={
+            "adapter": "fromds",
+            "base_model": "tiny-bert",
+            "train": {"dataset": ds["id"]},
+            "validation": {"dataset": val["id"]},
+            "hyperparameters": {"epochs": 1},
+        },
+    )
     assert job.status_code == 202 and job.json()["validation_dataset"] == val["id"]
     assert client.get(f"/datasets/{ds['id']}").json()["n_records"] == 60
 
@@ -105,8 +133,12 @@ def test_adapters_versions_and_delete(client):
 
 
 def test_list_and_cancel_jobs(client):
-    ids = [client.post("/jobs", json={"adapter": f"j{i}", "base_model": "tiny-bert",
-                                      "train": {"records": toy_sentiment(20)}}).json()["id"] for i in range(3)]
+    ids = [
+        client.post(
+            "/jobs", json={"adapter": f"j{i}", "base_model": "tiny-bert", "train": {"records": toy_sentiment(20)}}
+        ).json()["id"]
+        for i in range(3)
+    ]
     page = client.get("/jobs", params={"limit": 2}).json()
     assert [j["id"] for j in page["data"]] == ids[::-1][:2] and page["has_more"] is True
     rest = client.get("/jobs", params={"limit": 2, "after": ids[1]}).json()
@@ -121,28 +153,67 @@ def test_list_and_cancel_jobs(client):
 @pytest.mark.parametrize(
     ("body", "status", "field"),
     [
-        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}, {"text": "b", "label": "p"}]}},
-         422, "train.records"),
-        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}, {"text": " ", "label": "n"}]}},
-         422, "train.records[1].text"),
+        (
+            {"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}, {"text": "b", "label": "p"}]}},
+            422,
+            "train.records",
+        ),
+        (
+            {"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}, {"text": " ", "label": "n"}]}},
+            422,
+            "train.records[1].text",
+        ),
         ({"adapter": "x", "train": {"records": [{"text": "a"}]}}, 422, "train.records[0].label"),
-        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p", "extra": 1}]}},
-         422, "train.records[0].extra"),
+        (
+            {"adapter": "x", "train": {"records": [{"text": "a", "label": "p", "extra": 1}]}},
+            422,
+            "train.records[0].extra",
+        ),
         ({"adapter": "../etc", "train": {"records": [{"text": "a", "label": "p"}]}}, 422, "adapter"),
-        ({"adapter": "x", "base_model": "gpt-17", "train": {"records": [{"text": "a", "label": "p"}]}},
-         422, "base_model"),
+        (
+            {"adapter": "x", "base_model": "gpt-17", "train": {"records": [{"text": "a", "label": "p"}]}},
+            422,
+            "base_model",
+        ),
         ({"adapter": "x", "train": {"dataset": "ds_000000000000000000000000"}}, 422, "train.dataset"),
         ({"adapter": "x", "train": {}}, 422, "train"),
-        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}] * 3},
-          "hyperparameters": {"learning_rate": -1}}, 422, "hyperparameters.learning_rate"),
-        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}] * 3},
-          "hyperparameters": {"epochs": "many"}}, 422, "hyperparameters.epochs"),
-        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}] * 3},
-          "hyperparameters": {"lr": 1}}, 422, "hyperparameters.lr"),
-        ({"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}] * 3}, "validation_split": 1.5},
-         422, "validation_split"),
-        ({"adapter": "x", "train": {"records": toy_sentiment(10)},
-          "validation": {"records": [{"text": "a", "label": "other"}]}}, 422, "validation.records[0].label"),
+        (
+            {
+                "adapter": "x",
+                "train": {"records": [{"text": "a", "label": "p"}] * 3},
+                "hyperparameters": {"learning_rate": -1},
+            },
+            422,
+            "hyperparameters.learning_rate",
+        ),
+        (
+            {
+                "adapter": "x",
+                "train": {"records": [{"text": "a", "label": "p"}] * 3},
+                "hyperparameters": {"epochs": "many"},
+            },
+            422,
+            "hyperparameters.epochs",
+        ),
+        (
+            {"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}] * 3}, "hyperparameters": {"lr": 1}},
+            422,
+            "hyperparameters.lr",
+        ),
+        (
+            {"adapter": "x", "train": {"records": [{"text": "a", "label": "p"}] * 3}, "validation_split": 1.5},
+            422,
+            "validation_split",
+        ),
+        (
+            {
+                "adapter": "x",
+                "train": {"records": toy_sentiment(10)},
+                "validation": {"records": [{"text": "a", "label": "other"}]},
+            },
+            422,
+            "validation.records[0].label",
+        ),
     ],
 )
 def test_bad_job_requests_get_4xx_naming_the_field(client, body, status, field):
@@ -158,13 +229,18 @@ def test_bad_inference_requests(client):
     assert_error(client.post("/predict", json={"adapter": "sent@v9", "inputs": "a"}), 404, "adapter")
     assert_error(client.post("/predict", json={"adapter": "a/b", "inputs": "a"}), 422, "adapter")
     assert_error(client.post("/predict", json={"inputs": "a"}), 422, "adapter")
-    assert_error(client.post("/evaluate", json={"adapter": "sent", "records": [{"text": "a", "label": "zzz"}]}),
-                 422, "records[0].label")
+    assert_error(
+        client.post("/evaluate", json={"adapter": "sent", "records": [{"text": "a", "label": "zzz"}]}),
+        422,
+        "records[0].label",
+    )
     r = client.post("/predict", content=b"{not json", headers={"content-type": "application/json"})
     assert_error(r, 422, "body")
     assert_error(client.get("/jobs/job_nope"), 404, "job_id")
     assert_error(client.get("/nope"), 404)
-    bad = client.post("/datasets", files={"file": ("d.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": "x"}\n')})
+    bad = client.post(
+        "/datasets", files={"file": ("d.jsonl", b'{"text": "a", "label": 1}\n{"text": "b", "label": "x"}\n')}
+    )
     assert bad.status_code == 422
     assert client.get("/health").json()["status"] == "ok"  # still serving
 

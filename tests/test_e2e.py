@@ -28,10 +28,13 @@ def free_port() -> int:
 class Server:
     def __init__(self, workdir: Path, tiny_models: dict[str, Path], workers: int = 1):
         self.workdir, self.port = workdir, free_port()
-        self.env = {**os.environ, "HF_HUB_OFFLINE": "1", "PEFTSERVE_WORKERS": str(workers),
-                    "PEFTSERVE_POLL_INTERVAL": "0.2",
-                    "PEFTSERVE_MODELS": json.dumps({n: {"kind": "local", "location": str(p)}
-                                                    for n, p in tiny_models.items()})}
+        self.env = {
+            **os.environ,
+            "HF_HUB_OFFLINE": "1",
+            "PEFTSERVE_WORKERS": str(workers),
+            "PEFTSERVE_POLL_INTERVAL": "0.2",
+            "PEFTSERVE_MODELS": json.dumps({n: {"kind": "local", "location": str(p)} for n, p in tiny_models.items()}),
+        }
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -39,7 +42,10 @@ class Server:
         log = open(self.workdir / "server.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
-            cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -56,8 +62,9 @@ class Server:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(60)
 
-    def wait_job(self, client: httpx.Client, job_id: str, until=("succeeded", "failed", "cancelled"),
-                 timeout: float = 180) -> dict:
+    def wait_job(
+        self, client: httpx.Client, job_id: str, until=("succeeded", "failed", "cancelled"), timeout: float = 180
+    ) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             job = client.get(f"/jobs/{job_id}").json()
@@ -77,10 +84,16 @@ def server(tmp_path, tiny_models):
 def test_train_predict_evaluate_and_survive_a_restart(server):
     server.start()
     with httpx.Client(base_url=server.url, timeout=60) as c:
-        job = c.post("/jobs", json={"adapter": "sent", "base_model": "tiny-bert",
-                                    "train": {"records": toy_sentiment(200)},
-                                    "validation": {"records": toy_sentiment(100, seed=3)},
-                                    "hyperparameters": {"epochs": 15, "batch_size": 8, "learning_rate": 0.01}})
+        job = c.post(
+            "/jobs",
+            json={
+                "adapter": "sent",
+                "base_model": "tiny-bert",
+                "train": {"records": toy_sentiment(200)},
+                "validation": {"records": toy_sentiment(100, seed=3)},
+                "hyperparameters": {"epochs": 15, "batch_size": 8, "learning_rate": 0.01},
+            },
+        )
         assert job.status_code == 202, job.text
         job_id = job.json()["id"]
         done = server.wait_job(c, job_id)
@@ -101,16 +114,24 @@ def test_train_predict_evaluate_and_survive_a_restart(server):
         assert again["status"] == "succeeded" and again["result"] == done["result"]
         assert c.get(f"/jobs/{job_id}/metrics").json() == metrics
         assert c.get("/adapters/sent").json()["latest"] == "sent@v1"
-        assert c.post("/predict", json={"adapter": "sent", "inputs": ["a lovely superb film", "awful and dull"]}
-                      ).json() == pred.json()
+        assert (
+            c.post("/predict", json={"adapter": "sent", "inputs": ["a lovely superb film", "awful and dull"]}).json()
+            == pred.json()
+        )
 
 
 def test_a_job_running_at_shutdown_is_requeued_and_finishes_after_restart(server):
     server.start()
     with httpx.Client(base_url=server.url, timeout=60) as c:
-        job_id = c.post("/jobs", json={"adapter": "long", "base_model": "tiny-bert",
-                                       "train": {"records": toy_sentiment(400)},
-                                       "hyperparameters": {"epochs": 6, "batch_size": 4}}).json()["id"]
+        job_id = c.post(
+            "/jobs",
+            json={
+                "adapter": "long",
+                "base_model": "tiny-bert",
+                "train": {"records": toy_sentiment(400)},
+                "hyperparameters": {"epochs": 6, "batch_size": 4},
+            },
+        ).json()["id"]
         deadline = time.monotonic() + 60
         while c.get(f"/jobs/{job_id}").json()["progress"]["step"] < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -127,19 +148,41 @@ def test_standalone_worker_and_cancel(tmp_path, tiny_models):
     srv = Server(tmp_path, tiny_models, workers=0).start()
     try:
         with httpx.Client(base_url=srv.url, timeout=60) as c:
-            quick = c.post("/jobs", json={"adapter": "solo", "base_model": "tiny-llama",
-                                          "train": {"records": toy_sentiment(40)},
-                                          "hyperparameters": {"epochs": 1}}).json()["id"]
-            worker = subprocess.run([str(Path(sys.executable).parent / "peftserve"), "worker", "--burst"],
-                                    cwd=tmp_path, env=srv.env, capture_output=True, timeout=300)
+            quick = c.post(
+                "/jobs",
+                json={
+                    "adapter": "solo",
+                    "base_model": "tiny-llama",
+                    "train": {"records": toy_sentiment(40)},
+                    "hyperparameters": {"epochs": 1},
+                },
+            ).json()["id"]
+            worker = subprocess.run(
+                [str(Path(sys.executable).parent / "peftserve"), "worker", "--burst"],
+                cwd=tmp_path,
+                env=srv.env,
+                capture_output=True,
+                timeout=300,
+            )
             assert worker.returncode == 0, worker.stderr[-2000:]
             assert c.get(f"/jobs/{quick}").json()["status"] == "succeeded"
 
-            slow = c.post("/jobs", json={"adapter": "slow", "base_model": "tiny-bert",
-                                         "train": {"records": toy_sentiment(400)},
-                                         "hyperparameters": {"epochs": 100, "batch_size": 4}}).json()["id"]
-            proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], cwd=tmp_path, env=srv.env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            slow = c.post(
+                "/jobs",
+                json={
+                    "adapter": "slow",
+                    "base_model": "tiny-bert",
+                    "train": {"records": toy_sentiment(400)},
+                    "hyperparameters": {"epochs": 100, "batch_size": 4},
+                },
+            ).json()["id"]
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", "worker"],
+                cwd=tmp_path,
+                env=srv.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
             try:
                 srv.wait_job(c, slow, until=("running",), timeout=60)
                 while c.get(f"/jobs/{slow}").json()["progress"]["step"] < 2:

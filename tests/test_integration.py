@@ -29,8 +29,15 @@ def settings(tmp_path_factory):
 
 def train(settings, adapter, base_model, train_rows, val_rows, **hp):
     svc = PeftServe(settings)
-    job = svc.submit_job(JobCreate(adapter=adapter, base_model=base_model, train={"records": train_rows},
-                                   validation={"records": val_rows}, hyperparameters=hp))
+    job = svc.submit_job(
+        JobCreate(
+            adapter=adapter,
+            base_model=base_model,
+            train={"records": train_rows},
+            validation={"records": val_rows},
+            hyperparameters=hp,
+        )
+    )
     Worker(settings).run(burst=True)
     done = svc.store.get_job(job.id)
     assert done.status == "succeeded", done.error_message
@@ -45,8 +52,9 @@ def test_minilm_on_movie_snippets_clearly_beats_chance(settings):
     # balanced binary task: chance is 0.5
     assert ev.accuracy >= 0.68 and ev.f1_macro >= 0.66, ev
     assert job.result_metrics["train_samples_per_second"] > 0
-    pred = svc.predict(PredictRequest(adapter="rt", inputs=["A moving, beautifully acted film.",
-                                                            "A tedious, joyless mess."]))
+    pred = svc.predict(
+        PredictRequest(adapter="rt", inputs=["A moving, beautifully acted film.", "A tedious, joyless mess."])
+    )
     assert [p.label for p in pred.predictions] == ["positive", "negative"]
 
 

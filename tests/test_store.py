@@ -16,8 +16,17 @@ def store(tmp_path):
 
 
 def make(store, n=1):
-    return [store.create_job(adapter=f"a{i}", base_model="tiny-bert", hyperparameters={}, train_dataset="ds_x",
-                             validation_dataset=None, validation_split=0.1) for i in range(n)]
+    return [
+        store.create_job(
+            adapter=f"a{i}",
+            base_model="tiny-bert",
+            hyperparameters={},
+            train_dataset="ds_x",
+            validation_dataset=None,
+            validation_split=0.1,
+        )
+        for i in range(n)
+    ]
 
 
 def test_claims_are_exclusive_across_processes_worth_of_connections(tmp_path):
@@ -46,8 +55,9 @@ def test_claim_order_and_finish(store):
     first, second = make(store, 2)
     job = store.claim_next("w1")
     assert job.id == first.id and job.status == "running" and job.attempts == 1
-    store.finish(job.id, "w1", JobStatus.succeeded, result_adapter="a0@v1", result_metrics={"accuracy": 1.0},
-                 message="done")
+    store.finish(
+        job.id, "w1", JobStatus.succeeded, result_adapter="a0@v1", result_metrics={"accuracy": 1.0}, message="done"
+    )
     done = store.get_job(job.id)
     assert done.status == "succeeded" and done.finished_at is not None and done.result_adapter == "a0@v1"
     # a worker that lost the job cannot finish it

@@ -44,8 +44,15 @@ class _Slot:
 
 
 class InferenceEngine:
-    def __init__(self, registry: ModelRegistry, adapters: AdapterStore, device: str, quantization: str,
-                 max_loaded: int = 32, batch_size: int = 32):
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        adapters: AdapterStore,
+        device: str,
+        quantization: str,
+        max_loaded: int = 32,
+        batch_size: int = 32,
+    ):
         self.registry, self.adapters = registry, adapters
         self.device, self.quantization = device, quantization
         self.max_loaded, self.batch_size = max_loaded, batch_size
@@ -55,8 +62,9 @@ class InferenceEngine:
         self._lock = threading.RLock()  # one owner of the models: forward passes and (un)loading serialise
 
     # ---- public ---------------------------------------------------------------------------------
-    def predict(self, ref: str, texts: list[str], text_pairs: list[str | None] | None = None,
-                field: str = "adapter") -> tuple[AdapterVersion, torch.Tensor]:
+    def predict(
+        self, ref: str, texts: list[str], text_pairs: list[str | None] | None = None, field: str = "adapter"
+    ) -> tuple[AdapterVersion, torch.Tensor]:
         """Probabilities [n, n_labels] of the adapter `ref` (newest version unless pinned)."""
         version = self.adapters.resolve(ref, field=field)
         with self._lock:
@@ -69,8 +77,13 @@ class InferenceEngine:
     def loaded(self) -> list[dict]:
         with self._lock:
             return [
-                {"adapter": ref, "base_model": r.version.meta["base_model"], "bytes": r.nbytes,
-                 "loaded_at": r.loaded_at, "requests": r.hits}
+                {
+                    "adapter": ref,
+                    "base_model": r.version.meta["base_model"],
+                    "bytes": r.nbytes,
+                    "loaded_at": r.loaded_at,
+                    "requests": r.hits,
+                }
                 for ref, r in self._resident.items()
             ]
 
@@ -121,8 +134,10 @@ class InferenceEngine:
         head.load_state_dict(head_state)
         head.to(self.device).eval()
         if weight.shape[0] != len(meta["labels"]):
-            raise ValidationFailed(f"adapter {version.ref}: head has {weight.shape[0]} outputs for "
-                                   f"{len(meta['labels'])} labels", field="adapter")
+            raise ValidationFailed(
+                f"adapter {version.ref}: head has {weight.shape[0]} outputs for {len(meta['labels'])} labels",
+                field="adapter",
+            )
 
         config = LoraConfig.from_pretrained(str(version.path))
         config.task_type, config.modules_to_save, config.inference_mode = None, None, True
@@ -135,8 +150,9 @@ class InferenceEngine:
         unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
         if unexpected:
             slot.peft.delete_adapter(key)
-            raise ValidationFailed(f"adapter {version.ref} does not fit base {meta['base_model']}: "
-                                   f"{unexpected[:3]}", field="adapter")
+            raise ValidationFailed(
+                f"adapter {version.ref} does not fit base {meta['base_model']}: {unexpected[:3]}", field="adapter"
+            )
         _keep_active_valid(slot.peft)
         slot.peft.eval()
         nbytes = sum(t.numel() * t.element_size() for t in state.values())
@@ -150,19 +166,21 @@ class InferenceEngine:
         _keep_active_valid(peft_model)
         log.info("unloaded adapter %s", ref)
 
-    def _forward(self, slot: _Slot, res: _Resident, texts: list[str], pairs: list[str | None] | None,
-                 max_length: int) -> torch.Tensor:
+    def _forward(
+        self, slot: _Slot, res: _Resident, texts: list[str], pairs: list[str | None] | None, max_length: int
+    ) -> torch.Tensor:
         tok = slot.base.tokenizer
         # Sort by length so each chunk pads little; put results back in request order at the end.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + len((pairs or [None] * len(texts))[i] or ""))
         out = torch.empty(len(texts), res.head.out_features)
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
-                idx = order[start:start + self.batch_size]
+                idx = order[start : start + self.batch_size]
                 batch_texts = [texts[i] for i in idx]
                 batch_pairs = [pairs[i] or "" for i in idx] if pairs and any(pairs) else None
-                enc = tok(batch_texts, batch_pairs, truncation=True, max_length=max_length, padding=True,
-                          return_tensors="pt").to(self.device)
+                enc = tok(
+                    batch_texts, batch_pairs, truncation=True, max_length=max_length, padding=True, return_tensors="pt"
+                ).to(self.device)
                 feats = slot.peft(**enc, adapter_names=[res.key] * len(idx)).logits
                 probs = torch.softmax(res.head(feats.to(res.head.weight.dtype)).float(), dim=-1)
                 out[idx] = probs.cpu()

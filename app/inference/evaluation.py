@@ -9,8 +9,7 @@ def to_predictions(labels: list[str], probs: torch.Tensor) -> list[dict]:
     out = []
     for row in probs.tolist():
         best = max(range(len(row)), key=row.__getitem__)
-        out.append({"label": labels[best], "score": row[best],
-                    "scores": {label: p for label, p in zip(labels, row)}})
+        out.append({"label": labels[best], "score": row[best], "scores": dict(zip(labels, row, strict=True))})
     return out
 
 

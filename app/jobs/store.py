@@ -109,10 +109,7 @@ class JobStore:
         for _ in range(20):
             with self.session() as s:
                 job_id = s.scalar(
-                    select(Job.id)
-                    .where(Job.status == JobStatus.queued.value)
-                    .order_by(Job.created_at, Job.id)
-                    .limit(1)
+                    select(Job.id).where(Job.status == JobStatus.queued.value).order_by(Job.created_at, Job.id).limit(1)
                 )
                 if job_id is None:
                     return None
@@ -184,11 +181,7 @@ class JobStore:
         """Jobs whose worker stopped heart-beating go back to the queue, or fail after max_attempts."""
         cutoff = utcnow() - timedelta(seconds=lease_seconds)
         with self.session() as s:
-            stale = list(
-                s.scalars(
-                    select(Job).where(Job.status == JobStatus.running.value, Job.heartbeat_at < cutoff)
-                )
-            )
+            stale = list(s.scalars(select(Job).where(Job.status == JobStatus.running.value, Job.heartbeat_at < cutoff)))
             for job in stale:
                 if job.attempts >= max_attempts:
                     job.status, job.finished_at = JobStatus.failed.value, utcnow()
@@ -217,9 +210,7 @@ class JobStore:
     def metrics(self, job_id: str) -> list[MetricPoint]:
         self.get_job(job_id)
         with self.session() as s:
-            return list(
-                s.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.id))
-            )
+            return list(s.scalars(select(MetricPoint).where(MetricPoint.job_id == job_id).order_by(MetricPoint.id)))
 
     def add_event(
         self, job_id: str, message: str, *, level: str = "info", type: str = "message", data: dict | None = None
@@ -254,4 +245,3 @@ class JobStore:
         if row is None:
             raise NotFound(f"no dataset {dataset_id!r}", field=field)
         return row
-

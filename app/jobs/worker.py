@@ -86,34 +86,52 @@ class Worker:
             from app.training.trainer import train_adapter  # heavy import, worker-only
 
             result = train_adapter(
-                base, train, val, labels, hp, staging, reporter,
+                base,
+                train,
+                val,
+                labels,
+                hp,
+                staging,
+                reporter,
                 gradient_checkpointing=self.settings.gradient_checkpointing,
             )
-            version = self.adapters.commit(staging, job.adapter, {
-                "base_model": job.base_model,
-                "labels": labels,
-                "hyperparameters": hp.model_dump(),
-                "metrics": result.metrics,
-                "job_id": job.id,
-                "quantization": base.quantization,
-                "head": base.head_name,
-            })
+            version = self.adapters.commit(
+                staging,
+                job.adapter,
+                {
+                    "base_model": job.base_model,
+                    "labels": labels,
+                    "hyperparameters": hp.model_dump(),
+                    "metrics": result.metrics,
+                    "job_id": job.id,
+                    "quantization": base.quantization,
+                    "head": base.head_name,
+                },
+            )
             staging = None
-            self.store.finish(job.id, self.worker_id, JobStatus.succeeded, result_adapter=version.ref,
-                              result_metrics=result.metrics, message=f"Saved adapter {version.ref}")
+            self.store.finish(
+                job.id,
+                self.worker_id,
+                JobStatus.succeeded,
+                result_adapter=version.ref,
+                result_metrics=result.metrics,
+                message=f"Saved adapter {version.ref}",
+            )
         except JobInterrupted as e:
             if e.reason == "cancelled":
                 self.store.finish(job.id, self.worker_id, JobStatus.cancelled, message="Cancelled")
             else:
                 self.store.requeue(job.id, self.worker_id, "worker shut down")
         except TrainingError as e:
-            self.store.finish(job.id, self.worker_id, JobStatus.failed, error=(e.code, e.message),
-                              message=f"Failed: {e.message}")
+            self.store.finish(
+                job.id, self.worker_id, JobStatus.failed, error=(e.code, e.message), message=f"Failed: {e.message}"
+            )
         except Exception as e:  # noqa: BLE001 - any failure ends the job with a readable error
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
             msg = f"{type(e).__name__}: {e}"[:2000]
-            self.store.finish(job.id, self.worker_id, JobStatus.failed, error=("training_failed", msg),
-                              message=f"Failed: {msg}")
+            self.store.finish(
+                job.id, self.worker_id, JobStatus.failed, error=("training_failed", msg), message=f"Failed: {msg}"
+            )
         finally:
             beat.stop()
             if staging is not None:

@@ -38,9 +38,7 @@ def validate_records(rows: list[Any], field: str, limits: Limits, min_labels: in
             raise ValidationFailed("each record must be an object with text and label", field=where)
         extra = set(row) - set(COLUMNS)
         if extra:
-            raise ValidationFailed(
-                f"unknown column(s) {sorted(extra)}; expected text, label, text_pair", field=where
-            )
+            raise ValidationFailed(f"unknown column(s) {sorted(extra)}; expected text, label, text_pair", field=where)
         rec = {"text": _text(row, "text", where, limits, required=True)}
         if row.get("text_pair") is not None:
             rec["text_pair"] = _text(row, "text_pair", where, limits, required=True)
@@ -109,18 +107,14 @@ def _load_rows(suffix: str, content: bytes) -> list[dict]:
         path.write_bytes(content)
         try:
             if suffix == ".csv":
-                ds = datasets.Dataset.from_csv(
-                    str(path), cache_dir=tmp, keep_in_memory=True, keep_default_na=False
-                )
+                ds = datasets.Dataset.from_csv(str(path), cache_dir=tmp, keep_in_memory=True, keep_default_na=False)
             else:
                 ds = datasets.Dataset.from_json(str(path), cache_dir=tmp, keep_in_memory=True)
         except Exception as e:  # datasets wraps parser errors in several types
             raise ValidationFailed(f"could not parse the file: {_first_line(e)}", field="file") from e
     missing = [c for c in ("text", "label") if c not in ds.column_names]
     if missing:
-        raise ValidationFailed(
-            f"missing column(s) {missing}; found {ds.column_names}", field="file"
-        )
+        raise ValidationFailed(f"missing column(s) {missing}; found {ds.column_names}", field="file")
     rows = ds.to_list()
     if suffix == ".csv":  # CSV has no types: a column of digits is still text where text is expected
         for r in rows:
@@ -139,9 +133,7 @@ def _first_line(e: Exception) -> str:
     return text.strip().splitlines()[0][:300] if text.strip() else type(cause).__name__
 
 
-def split_validation(
-    rows: list[dict], fraction: float, seed: int
-) -> tuple[list[dict], list[dict]]:
+def split_validation(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
     """Hold out `fraction` of rows, stratified by label when every label has at least 2 rows."""
     from sklearn.model_selection import train_test_split
 

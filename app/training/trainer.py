@@ -213,15 +213,20 @@ class _Tracker(TrainerCallback):
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
         logs = logs or {}
         if "loss" in logs:
-            self.pending.append({
-                "kind": "train", "step": state.global_step, "epoch": round(float(state.epoch or 0), 4),
-                "values": {"loss": float(logs["loss"]), "learning_rate": float(logs.get("learning_rate", 0.0))},
-            })
+            self.pending.append(
+                {
+                    "kind": "train",
+                    "step": state.global_step,
+                    "epoch": round(float(state.epoch or 0), 4),
+                    "values": {"loss": float(logs["loss"]), "learning_rate": float(logs.get("learning_rate", 0.0))},
+                }
+            )
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any) -> None:
         m = metrics or {}
-        values = {k.removeprefix("eval_"): float(m[k]) for k in ("eval_loss", "eval_accuracy", "eval_f1_macro")
-                  if k in m}
+        values = {
+            k.removeprefix("eval_"): float(m[k]) for k in ("eval_loss", "eval_accuracy", "eval_f1_macro") if k in m
+        }
         self.pending.append(
             {"kind": "eval", "step": state.global_step, "epoch": round(float(state.epoch or 0), 4), "values": values}
         )

@@ -7,6 +7,7 @@ from app.schemas import DatasetPublic
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
+
 @router.post("", status_code=201)
 async def upload_dataset(*, svc: ServiceDep, file: UploadFile) -> DatasetPublic:
     """Upload JSONL or CSV with `text`, `label` and optional `text_pair` columns."""
@@ -17,6 +18,7 @@ async def upload_dataset(*, svc: ServiceDep, file: UploadFile) -> DatasetPublic:
 
     row = await run_in_threadpool(svc.upload_dataset, file.filename or "", content)
     return DatasetPublic.model_validate(row, from_attributes=True)
+
 
 @router.get("/{dataset_id}")
 def get_dataset(*, svc: ServiceDep, dataset_id: str) -> DatasetPublic:

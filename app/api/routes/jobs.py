@@ -17,8 +17,11 @@ def create_job(*, svc: ServiceDep, body: JobCreate) -> JobPublic:
 
 @router.get("")
 def list_jobs(
-    *, svc: ServiceDep, status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20, after: str | None = None,
+    *,
+    svc: ServiceDep,
+    status: JobStatus | None = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: str | None = None,
 ) -> JobsPublic:
     """Jobs, newest first; page with `after` = the last id of the previous page."""
     jobs, has_more = svc.store.list_jobs(status, limit, after)
@@ -45,10 +48,14 @@ def job_metrics(*, svc: ServiceDep, job_id: str) -> JobMetrics:
 
 @router.get("/{job_id}/events")
 def job_events(
-    *, svc: ServiceDep, job_id: str, after: Annotated[int, Query(ge=0)] = 0,
+    *,
+    svc: ServiceDep,
+    job_id: str,
+    after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> EventsPublic:
     """The job's events in order; page with `after` = the last event id seen."""
     events = svc.store.events(job_id, after, limit + 1)
-    return EventsPublic(data=[EventPublic.model_validate(e, from_attributes=True) for e in events[:limit]],
-                        has_more=len(events) > limit)
+    return EventsPublic(
+        data=[EventPublic.model_validate(e, from_attributes=True) for e in events[:limit]], has_more=len(events) > limit
+    )
