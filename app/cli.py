@@ -37,6 +37,7 @@ def serve(
 @app.command()
 def worker(
     burst: bool = typer.Option(False, help="drain the queue and exit"),
+    parent_pid: int | None = typer.Option(None, help="stop (requeueing any running job) when this process ends"),
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run one training worker against the configured job store."""
@@ -44,7 +45,7 @@ def worker(
     from app.jobs.worker import Worker
 
     _logging(log_level)
-    Worker(get_settings()).run(burst=burst)
+    Worker(get_settings(), parent_pid=parent_pid).run(burst=burst)
 
 
 def main() -> None:

@@ -196,3 +196,31 @@ def test_standalone_worker_and_cancel(tmp_path, tiny_models):
                 proc.wait(30)
     finally:
         srv.stop()
+
+
+def test_workers_do_not_outlive_a_killed_server(server):
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        job_id = c.post(
+            "/jobs",
+            json={
+                "adapter": "long",
+                "base_model": "tiny-bert",
+                "train": {"records": toy_sentiment(400)},
+                "hyperparameters": {"epochs": 50, "batch_size": 4},
+            },
+        ).json()["id"]
+        server.wait_job(c, job_id, until=("running",), timeout=60)
+    children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout.split()
+    assert children
+    server.proc.kill()  # no clean shutdown at all
+    server.proc.wait()
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+    server.start()  # the orphaned worker put its job back before exiting; the new worker runs it
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        events = [e["message"] for e in c.get(f"/jobs/{job_id}/events", params={"limit": 500}).json()["data"]]
+        assert any("Returned to the queue" in m for m in events), events
+        assert c.post(f"/jobs/{job_id}/cancel").status_code == 200

@@ -35,7 +35,8 @@ class WorkerPool:
         self._watch = threading.Thread(target=self._watchdog, daemon=True, name="worker-watchdog")
 
     def _spawn(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=settings_env(self.settings))
+        cmd = [sys.executable, "-m", "app.cli", "worker", "--parent-pid", str(os.getpid())]
+        return subprocess.Popen(cmd, env=settings_env(self.settings))
 
     def start(self) -> None:
         self.procs = [self._spawn() for _ in range(self.count)]

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 
 class Worker:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, parent_pid: int | None = None):
         settings.ensure_dirs()
         self.settings = settings
         self.store = JobStore(settings.db_url)
@@ -42,6 +42,14 @@ class Worker:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.base: LoadedBase | None = None  # kept between jobs on the same base
         self.stopping = threading.Event()
+        if parent_pid is not None:  # started by `peftserve serve`: don't outlive it, even after a kill -9
+            threading.Thread(target=self._watch_parent, args=(parent_pid,), daemon=True).start()
+
+    def _watch_parent(self, parent_pid: int) -> None:
+        while not self.stopping.wait(1.0):
+            if os.getppid() != parent_pid:
+                log.warning("parent process %d is gone; stopping", parent_pid)
+                self.stopping.set()
 
     def run(self, burst: bool = False) -> int:
         """Process jobs until stopped (or, in burst mode, until the queue is empty). Returns jobs done."""
