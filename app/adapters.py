@@ -24,9 +24,12 @@ VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 METADATA = "peftserve.json"
+RESERVED = {"loaded"}  # GET /adapters/loaded
 
 
 def validate_name(name: str, field: str = "adapter") -> str:
+    if isinstance(name, str) and name in RESERVED:
+        raise ValidationFailed(f"{name!r} is a reserved name", field=field)
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
         raise ValidationFailed(
             "adapter names are 1-64 characters of letters, digits, '.', '_' and '-', starting with a letter or digit",

@@ -96,10 +96,18 @@ def test_train_predict_evaluate_and_survive_a_restart(server):
         )
         assert job.status_code == 202, job.text
         job_id = job.json()["id"]
-        done = server.wait_job(c, job_id)
+        seen_while_running = []  # train points visible while the job runs
+        deadline = time.monotonic() + 180
+        while (m := c.get(f"/jobs/{job_id}/metrics").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline
+            if m["status"] == "running":
+                seen_while_running.append(len(m["train"]))
+            time.sleep(0.1)
+        done = c.get(f"/jobs/{job_id}").json()
         assert done["status"] == "succeeded", done["error"]
         metrics = c.get(f"/jobs/{job_id}/metrics").json()
         assert len(metrics["train"]) > 0 and len(metrics["eval"]) == 15
+        assert any(0 < n < len(metrics["train"]) for n in seen_while_running), seen_while_running
         pred = c.post("/predict", json={"adapter": "sent", "inputs": ["a lovely superb film", "awful and dull"]})
         assert pred.status_code == 200 and pred.json()["adapter"] == "sent@v1"
         ev = c.post("/evaluate", json={"adapter": "sent", "records": toy_sentiment(40, seed=7)}).json()

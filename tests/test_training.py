@@ -62,8 +62,9 @@ def test_tiny_llama_trains(settings):
     assert svc.adapters.resolve("dec").meta["head"] == "score"
 
 
-def test_nf4_on_cpu_through_the_real_path(tmp_path, tiny_models):
-    settings = make_settings(tmp_path, tiny_models, quantization="nf4")
+@pytest.mark.parametrize(("quantization", "layer"), [("nf4", "Linear4bit"), ("int8", "Linear8bitLt")])
+def test_quantized_on_cpu_through_the_real_path(tmp_path, tiny_models, quantization, layer):
+    settings = make_settings(tmp_path, tiny_models, quantization=quantization)
     svc = PeftServe(settings)
     job = submit(svc, "q", toy_sentiment(64), epochs=2)
     worker = run_all(settings)
@@ -71,8 +72,8 @@ def test_nf4_on_cpu_through_the_real_path(tmp_path, tiny_models):
     assert done.status == "succeeded", done.error_message
     import bitsandbytes as bnb
 
-    assert any(isinstance(m, bnb.nn.Linear4bit) for m in worker.base.model.modules())
-    assert svc.adapters.resolve("q").meta["quantization"] == "nf4"
+    assert any(isinstance(m, getattr(bnb.nn, layer)) for m in worker.base.model.modules())
+    assert svc.adapters.resolve("q").meta["quantization"] == quantization
     from app.schemas import PredictRequest
 
     out = svc.predict(PredictRequest(adapter="q", inputs=["good film", "awful plot"]))

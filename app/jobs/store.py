@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import Conflict, NotFound
@@ -40,7 +41,10 @@ def make_engine(url: str) -> Engine:
 class JobStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+        except OperationalError:  # another process created the tables between our check and our CREATE
+            Base.metadata.create_all(self.engine)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
