@@ -6,12 +6,15 @@ adapter, and two workers finishing the same name at once get different versions.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +27,7 @@ VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
 METADATA = "peftserve.json"
+LAST_VERSION = ".last_version"
 RESERVED = {"loaded"}  # GET /adapters/loaded
 
 
@@ -96,8 +100,24 @@ class AdapterStore:
     def discard(self, staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[Path]:
+        """Serialise commits and deletes of one name across threads and processes (an flock per name)."""
+        folder = self.root / name
+        folder.mkdir(exist_ok=True)
+        with (folder / ".lock").open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield folder
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def commit(self, staging: Path, name: str, meta: dict[str, Any]) -> AdapterVersion:
-        """Move a fully written staging folder into place as the next version of `name`."""
+        """Move a fully written staging folder into place as the next version of `name`.
+
+        Version numbers only ever grow (the last one issued is kept in `.last_version`), so a pinned
+        `name@vN` never comes to mean another model after a delete.
+        """
         validate_name(name)
         if not (staging / WEIGHTS).exists() or not (staging / CONFIG).exists():
             raise ValueError(f"{staging} lacks {WEIGHTS} or {CONFIG}")
@@ -108,19 +128,18 @@ class AdapterStore:
             "sha256": sha256_file(staging / WEIGHTS),
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
-        folder = self.root / name
-        folder.mkdir(exist_ok=True)
-        for _ in range(100):
-            version = max(self._versions(name), default=0) + 1
+        with self._locked(name) as folder:
+            counter = folder / LAST_VERSION
+            last = int(counter.read_text()) if counter.exists() else 0
+            version = max(last, *self._versions(name), 0) + 1
             meta["version"] = version
             (staging / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True))
             target = folder / f"v{version}"
-            try:
-                os.rename(staging, target)  # fails if another writer took this version first
-            except OSError:
-                continue
-            return AdapterVersion(name, version, target, meta)
-        raise RuntimeError(f"could not place a new version of {name}")
+            os.rename(staging, target)
+            tmp = folder / f".{LAST_VERSION}.tmp"
+            tmp.write_text(str(version))
+            os.replace(tmp, counter)
+        return AdapterVersion(name, version, target, meta)
 
     def _versions(self, name: str) -> list[int]:
         folder = self.root / name
@@ -135,7 +154,10 @@ class AdapterStore:
 
     def _load(self, name: str, version: int) -> AdapterVersion:
         path = self.root / name / f"v{version}"
-        meta = json.loads((path / METADATA).read_text())
+        try:
+            meta = json.loads((path / METADATA).read_text())
+        except FileNotFoundError:  # deleted meanwhile
+            raise NotFound(f"no adapter {name}@v{version}", field="adapter") from None
         return AdapterVersion(name, version, path, meta)
 
     def resolve(self, ref: str, field: str = "adapter") -> AdapterVersion:
@@ -167,12 +189,13 @@ class AdapterStore:
     def delete(self, ref: str, field: str = "name") -> list[AdapterVersion]:
         """Delete one version (`name@vN`) or every version (`name`). Renamed away first, then removed."""
         name, version = parse_ref(ref, field)
-        doomed = [self.resolve(ref, field)] if version is not None else self.versions(name, field)
-        trash = self._staging / f"deleted-{uuid.uuid4().hex}"
-        trash.mkdir(parents=True)
-        for v in doomed:
-            os.rename(v.path, trash / f"v{v.version}")
-        shutil.rmtree(trash, ignore_errors=True)
         if not self._versions(name):
-            shutil.rmtree(self.root / name, ignore_errors=True)
+            raise NotFound(f"no adapter {name!r}", field=field)
+        with self._locked(name):  # the name's folder stays: it holds the version counter
+            doomed = [self.resolve(ref, field)] if version is not None else self.versions(name, field)
+            trash = self._staging / f"deleted-{uuid.uuid4().hex}"
+            trash.mkdir(parents=True)
+            for v in doomed:
+                os.rename(v.path, trash / f"v{v.version}")
+        shutil.rmtree(trash, ignore_errors=True)
         return doomed

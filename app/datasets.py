@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -26,7 +27,7 @@ class DatasetStore:
         dataset_id = f"ds_{digest[:24]}"
         path = self._path(dataset_id)
         if not path.exists():
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex}")  # unique per writer: threads and processes
             tmp.write_bytes(body)
             os.replace(tmp, path)
         counts = Counter(r["label"] for r in rows)

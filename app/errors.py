@@ -28,6 +28,16 @@ class Conflict(PeftServeError):
     code = "conflict"
 
 
+class AdapterUnloadable(PeftServeError):
+    """A stored adapter that cannot be served (corrupt, or not fitting its base)."""
+
+    status_code = 409
+    code = "adapter_unloadable"
+
+    def __init__(self, message: str, field: str | None = "adapter"):
+        super().__init__(message, field)
+
+
 class PayloadTooLarge(PeftServeError):
     status_code = 413
     code = "payload_too_large"

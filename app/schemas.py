@@ -3,20 +3,32 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 from app.jobs.models import Job, JobStatus
 from app.training.config import Hyperparameters
 
 
+def _encodable(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"contains an unpaired surrogate at position {e.start}") from None
+    return value
+
+
+# Every string a client sends: a real str (no coercion) that is valid Unicode (JSON's "\ud800" is not).
+Text = Annotated[StrictStr, AfterValidator(_encodable)]
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: StrictStr
-    label: StrictStr | StrictInt
-    text_pair: StrictStr | None = None
+    text: Text
+    label: Text | StrictInt
+    text_pair: Text | None = None
 
 
 class DataSource(BaseModel):
@@ -25,7 +37,7 @@ class DataSource(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     records: list[Record] | None = None
-    dataset: StrictStr | None = None
+    dataset: Text | None = None
 
     @model_validator(mode="after")
     def _one(self) -> DataSource:
@@ -37,8 +49,8 @@ class DataSource(BaseModel):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    adapter: StrictStr = Field(description="name of the adapter to train; a new version if it exists")
-    base_model: StrictStr = "minilm"
+    adapter: Text = Field(description="name of the adapter to train; a new version if it exists")
+    base_model: Text = "minilm"
     train: DataSource
     validation: DataSource | None = None
     validation_split: float = Field(0.1, ge=0, lt=1, description="held out of train when no validation")
@@ -195,9 +207,9 @@ class DeletedPublic(BaseModel):
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    adapter: StrictStr = Field(description="`name` (newest version) or `name@vN`")
-    inputs: StrictStr | list[StrictStr]
-    text_pairs: list[StrictStr] | None = Field(None, description="second texts, one per input (pair tasks)")
+    adapter: Text = Field(description="`name` (newest version) or `name@vN`")
+    inputs: Text | list[Text]
+    text_pairs: list[Text] | None = Field(None, description="second texts, one per input (pair tasks)")
 
 
 class Prediction(BaseModel):
@@ -214,9 +226,9 @@ class PredictResponse(BaseModel):
 class EvaluateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    adapter: StrictStr
+    adapter: Text
     records: list[Record] | None = None
-    dataset: StrictStr | None = None
+    dataset: Text | None = None
 
     @model_validator(mode="after")
     def _one(self) -> EvaluateRequest:

@@ -9,7 +9,7 @@ from importlib.metadata import version as pkg_version
 from typing import Any
 
 from app import schemas
-from app.adapters import AdapterStore, AdapterVersion, validate_name
+from app.adapters import AdapterStore, AdapterVersion, parse_ref, validate_name
 from app.config import Settings
 from app.datasets import DatasetStore
 from app.errors import NotFound, PayloadTooLarge, ValidationFailed
@@ -149,15 +149,23 @@ class PeftServe:
             size_bytes=v.size_bytes,
         )
 
-    def adapter(self, name: str) -> schemas.AdapterPublic:
+    def adapter(self, ref: str) -> schemas.AdapterPublic:
+        """`name`: every version; `name@vN`: that version alone."""
+        name, version = parse_ref(ref, "name")
         versions = [self._version_public(v) for v in self.adapters.versions(name)]
-        return schemas.AdapterPublic(name=name, latest=versions[-1].ref, versions=versions)
+        pinned = [v for v in versions if version is None or v.version == version]
+        if not pinned:
+            raise NotFound(f"adapter {name!r} has no version v{version}", field="name")
+        return schemas.AdapterPublic(name=name, latest=versions[-1].ref, versions=pinned)
 
     def list_adapters(self) -> schemas.AdaptersPublic:
-        return schemas.AdaptersPublic(
-            data=[self.adapter(n) for n in self.adapters.names()],
-            loaded=[schemas.LoadedAdapter(**r) for r in self.engine.loaded()],
-        )
+        data = []
+        for name in self.adapters.names():
+            try:
+                data.append(self.adapter(name))
+            except NotFound:  # deleted while we listed
+                continue
+        return schemas.AdaptersPublic(data=data, loaded=[schemas.LoadedAdapter(**r) for r in self.engine.loaded()])
 
     def delete_adapter(self, ref: str) -> list[str]:
         removed = [v.ref for v in self.adapters.delete(ref)]

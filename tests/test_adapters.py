@@ -32,11 +32,27 @@ def test_delete_one_version_then_all(tmp_path):
     write(store, "x"), write(store, "x")
     assert [v.ref for v in store.delete("x@v2")] == ["x@v2"]
     assert store.resolve("x").ref == "x@v1"
-    write(store, "x")  # numbering continues after the newest surviving version
-    assert [v.ref for v in store.delete("x")] == ["x@v1", "x@v2"]
+    assert write(store, "x").ref == "x@v3"  # a deleted version's number is never issued again
+    assert [v.ref for v in store.delete("x")] == ["x@v1", "x@v3"]
     assert store.names() == []
     with pytest.raises(NotFound):
         store.resolve("x")
+    with pytest.raises(NotFound):
+        store.delete("x")
+    assert write(store, "x").ref == "x@v4"
+
+
+def test_concurrent_commits_get_distinct_versions(tmp_path):
+    import threading
+
+    store = AdapterStore(tmp_path)
+    refs = []
+    threads = [threading.Thread(target=lambda: refs.append(write(store, "c").ref)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(refs, key=lambda r: int(r.split("@v")[1])) == [f"c@v{i}" for i in range(1, 9)]
 
 
 def test_half_written_adapter_is_never_visible(tmp_path):
@@ -49,7 +65,9 @@ def test_half_written_adapter_is_never_visible(tmp_path):
     assert store.names() == []
 
 
-@pytest.mark.parametrize("bad", ["../x", "a/b", "a b", "", ".hidden", "x" * 65, "caf\u00e9", "a..b", "x@v0", "x@1", "loaded"])
+@pytest.mark.parametrize(
+    "bad", ["../x", "a/b", "a b", "", ".hidden", "x" * 65, "caf\u00e9", "a..b", "x@v0", "x@1", "loaded"]
+)
 def test_bad_names_are_refused(tmp_path, bad):
     with pytest.raises(ValidationFailed):
         parse_ref(bad)

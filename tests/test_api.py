@@ -251,3 +251,33 @@ def test_upload_limit(tmp_path, tiny_models):
     with TestClient(create_app(make_settings(tmp_path, tiny_models, max_upload_bytes=100))) as c:
         r = c.post("/datasets", files={"file": ("d.jsonl", b'{"text": "aaaa", "label": "x"}\n' * 10)})
         assert_error(r, 413, "file")
+
+
+def test_long_inputs_are_truncated_to_the_model_positions(client):
+    # tiny-bert has 128 positions; max_length above that is capped, not a 500 later
+    train(client, "long", toy_sentiment(40), hyperparameters={"epochs": 1, "max_length": 1024})
+    r = client.post("/predict", json={"adapter": "long", "inputs": "good " * 2000})
+    assert r.status_code == 200, r.text
+    ev = client.post("/evaluate", json={"adapter": "long", "records": [{"text": "bad " * 2000, "label": "neg"}]})
+    assert ev.status_code == 200, ev.text
+
+
+def test_unicode_surrogates_and_unparseable_bodies_are_422(client):
+    raw = b'{"adapter": "x", "train": {"records": [{"text": "\\ud800", "label": "a"}]}}'
+    err = assert_error(client.post("/jobs", content=raw, headers={"content-type": "application/json"}), 422)
+    assert err["field"] == "train.records[0].text"
+    raw = b'{"adapter": "x", "inputs": ["ok", "\\udfff"]}'
+    assert_error(client.post("/predict", content=raw, headers={"content-type": "application/json"}), 422, "inputs[1]")
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert_error(client.post("/jobs", content=deep, headers={"content-type": "application/json"}), 422, "body")
+    assert_error(client.get("/jobs/job_x/events", params={"after": 2**63}), 422, "after")
+    assert_error(client.get("/jobs", params={"after": "job_unknown"}), 422, "after")
+    assert_error(client.post("/evaluate", json={"adapter": "x"}), 422, "body")
+
+
+def test_get_one_pinned_version(client):
+    train(client, "pin", toy_sentiment(40), hyperparameters={"epochs": 1})
+    train(client, "pin", toy_topic(45), hyperparameters={"epochs": 1})
+    one = client.get("/adapters/pin@v1").json()
+    assert one["latest"] == "pin@v2" and [v["ref"] for v in one["versions"]] == ["pin@v1"]
+    assert_error(client.get("/adapters/pin@v7"), 404)

@@ -94,9 +94,12 @@ def test_pagination_and_status_filter(store):
 def test_stale_jobs_requeue_then_fail(store):
     (job,) = make(store, 1)
     store.claim_next("w")
+    store.add_metrics(job.id, [{"kind": "train", "step": 1, "epoch": 0.1, "values": {"loss": 9.0}}])
     time.sleep(0.05)
     assert store.requeue_stale(0.01, max_attempts=2) == [job.id]
     assert store.get_job(job.id).status == "queued"
+    assert store.metrics(job.id) == []  # the abandoned attempt's points are gone
+    assert store.requeue_stale(0.01, max_attempts=2) == []  # queued jobs are not touched
     store.claim_next("w2")
     time.sleep(0.05)
     store.requeue_stale(0.01, max_attempts=2)
@@ -116,3 +119,22 @@ def test_metrics_and_events_persist(tmp_path):
     assert [e.message for e in again.events(job.id)][-1] == "hello"
     assert again.get_job(job.id).created_at.tzinfo is not None
     again.close()
+
+
+def test_stale_job_with_cancel_requested_is_cancelled_not_requeued(store):
+    (job,) = make(store, 1)
+    store.claim_next("w")
+    store.request_cancel(job.id)
+    time.sleep(0.05)
+    store.requeue_stale(0.01, max_attempts=3)
+    assert store.get_job(job.id).status == "cancelled"
+
+
+def test_a_worker_that_lost_its_lease_no_longer_owns_the_job(store):
+    (job,) = make(store, 1)
+    store.claim_next("w1")
+    time.sleep(0.05)
+    store.requeue_stale(0.01, max_attempts=3)
+    store.claim_next("w2")
+    assert not store.owns(job.id, "w1") and store.owns(job.id, "w2")
+    assert store.heartbeat(job.id, "w1") is True  # w1 is told to stop

@@ -18,14 +18,25 @@ def envelope(status: int, code: str, message: str, field: str | None = None) -> 
     return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "field": field}})
 
 
-def _loc_to_field(loc: tuple) -> str | None:
-    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
-    # pydantic puts the union member's type name in the location; it means nothing to a caller
-    parts = [p for p in parts if not (isinstance(p, str) and (p[:1].isupper() or "[" in p or p.startswith("function")))]
+# pydantic puts a union member's type in the location ("str", "list[str]", "function-after[...]", a model
+# class name); it means nothing to a caller, so it is left out of `field`.
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "bytes"}
+
+
+def _is_type_tag(part: object) -> bool:
+    return isinstance(part, str) and (part in _TYPE_TAGS or part[:1].isupper() or not part.isidentifier())
+
+
+def _loc_to_field(loc: tuple, error_type: str = "") -> str | None:
+    source, parts = (
+        (loc[0], list(loc[1:])) if loc and loc[0] in ("body", "query", "path", "header") else ("", list(loc))
+    )
+    keep_last = error_type == "extra_forbidden"  # there the last part is the client's own (unknown) key
+    kept = [p for i, p in enumerate(parts) if not _is_type_tag(p) or (keep_last and i == len(parts) - 1)]
     field = ""
-    for p in parts:
+    for p in kept:
         field += f"[{p}]" if isinstance(p, int) else (f".{p}" if field else str(p))
-    return field or None
+    return field or (source or None)
 
 
 def install(app: FastAPI) -> None:
@@ -36,8 +47,9 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
-        field = _loc_to_field(tuple(first.get("loc", ())))
+        # For a union (`str | list[str]`) each member reports; the deepest location is the useful one.
+        first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {"loc": (), "msg": "invalid request"}
+        field = _loc_to_field(tuple(first.get("loc", ())), first.get("type", ""))
         msg = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             msg, field = f"body is not valid JSON: {first.get('ctx', {}).get('error', msg)}", "body"
@@ -46,6 +58,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI could not parse the body at all
+            return envelope(422, "invalid_request", f"body: {exc.detail}", "body")
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "error")
         return envelope(exc.status_code, code, str(exc.detail))
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from app.adapters import AdapterStore, AdapterVersion, sha256_file
-from app.errors import ValidationFailed
+from app.errors import AdapterUnloadable, NotFound
 from app.models.loading import LoadedBase, load_base
 from app.models.registry import ModelRegistry
 
@@ -71,8 +71,8 @@ class InferenceEngine:
             res = self._ensure(version)
             res.hits += 1
             slot = self._slots[version.meta["base_model"]]
-            max_length = int(version.meta.get("hyperparameters", {}).get("max_length", 512))
-            return version, self._forward(slot, res, texts, text_pairs, max_length)
+            wanted = int(version.meta.get("hyperparameters", {}).get("max_length", 512))
+            return res.version, self._forward(slot, res, texts, text_pairs, slot.base.max_tokens(wanted))
 
     def loaded(self) -> list[dict]:
         with self._lock:
@@ -106,9 +106,11 @@ class InferenceEngine:
 
     def _ensure(self, version: AdapterVersion) -> _Resident:
         res = self._resident.get(version.ref)
-        if res is not None:
+        if res is not None and res.version.meta.get("sha256") == version.meta.get("sha256"):
             self._resident.move_to_end(version.ref)
             return res
+        if res is not None:  # same ref, other weights on disk: never serve a stale head
+            self._evict(version.ref)
         res = self._load(version)
         self._resident[version.ref] = res
         while len(self._resident) > self.max_loaded:
@@ -116,32 +118,41 @@ class InferenceEngine:
         return res
 
     def _load(self, version: AdapterVersion) -> _Resident:
-        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
         from safetensors.torch import load_file
 
         meta = version.meta
-        if not version.weights.exists():
-            raise ValidationFailed(f"adapter {version.ref} has no safetensors weights", field="adapter")
-        if meta.get("sha256") and sha256_file(version.weights) != meta["sha256"]:
-            raise ValidationFailed(f"adapter {version.ref}: weights do not match their checksum", field="adapter")
+        try:
+            if meta.get("sha256") and sha256_file(version.weights) != meta["sha256"]:
+                raise AdapterUnloadable(f"adapter {version.ref}: weights do not match their checksum")
+            state = load_file(str(version.weights), device=self.device)
+        except FileNotFoundError:  # deleted meanwhile, or a store holding no safetensors weights
+            raise NotFound(f"no adapter {version.ref} (no safetensors weights)", field="adapter") from None
         slot = self._slot(meta["base_model"])
-        state = load_file(str(version.weights), device=self.device)
         prefix = f"base_model.model.{meta['head']}."
         head_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        lora_state = {k: v for k, v in state.items() if not k.startswith(prefix)}
-        weight = head_state["weight"]
-        head = nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in head_state)
+        if "weight" not in head_state or head_state["weight"].shape[0] != len(meta["labels"]):
+            raise AdapterUnloadable(f"adapter {version.ref}: its head does not fit its {len(meta['labels'])} labels")
+        head = nn.Linear(head_state["weight"].shape[1], head_state["weight"].shape[0], bias="bias" in head_state)
         head.load_state_dict(head_state)
         head.to(self.device).eval()
-        if weight.shape[0] != len(meta["labels"]):
-            raise ValidationFailed(
-                f"adapter {version.ref}: head has {weight.shape[0]} outputs for {len(meta['labels'])} labels",
-                field="adapter",
-            )
+        key = f"a{next(self._keys)}"
+        try:
+            self._add_lora(slot, key, version, {k: v for k, v in state.items() if not k.startswith(prefix)})
+        except Exception as e:
+            if slot.peft is not None and key in slot.peft.peft_config:
+                slot.peft.delete_adapter(key)
+                _keep_active_valid(slot.peft)
+            raise AdapterUnloadable(f"adapter {version.ref} does not fit base {meta['base_model']}: {e}") from e
+        nbytes = sum(t.numel() * t.element_size() for t in state.values())
+        log.info("loaded adapter %s (%d bytes) as %s", version.ref, nbytes, key)
+        return _Resident(version, key, head, nbytes)
+
+    @staticmethod
+    def _add_lora(slot: _Slot, key: str, version: AdapterVersion, lora_state: dict[str, torch.Tensor]) -> None:
+        from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
         config = LoraConfig.from_pretrained(str(version.path))
         config.task_type, config.modules_to_save, config.inference_mode = None, None, True
-        key = f"a{next(self._keys)}"
         if slot.peft is None:
             slot.peft = get_peft_model(slot.base.model, config, adapter_name=key)
         else:
@@ -149,15 +160,9 @@ class InferenceEngine:
         result = set_peft_model_state_dict(slot.peft, lora_state, adapter_name=key)
         unexpected = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
         if unexpected:
-            slot.peft.delete_adapter(key)
-            raise ValidationFailed(
-                f"adapter {version.ref} does not fit base {meta['base_model']}: {unexpected[:3]}", field="adapter"
-            )
+            raise ValueError(f"unexpected weights {unexpected[:3]}")
         _keep_active_valid(slot.peft)
         slot.peft.eval()
-        nbytes = sum(t.numel() * t.element_size() for t in state.values())
-        log.info("loaded adapter %s (%d bytes) as %s", version.ref, nbytes, key)
-        return _Resident(version, key, head, nbytes)
 
     def _evict(self, ref: str) -> None:
         res = self._resident.pop(ref)

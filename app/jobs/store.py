@@ -12,12 +12,12 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, NotFound, ValidationFailed
 from app.jobs.models import Base, DatasetRow, Job, JobEvent, JobStatus, MetricPoint, utcnow
 
 
@@ -81,7 +81,7 @@ class JobStore:
             if after is not None:
                 anchor = s.get(Job, after)
                 if anchor is None:
-                    raise NotFound(f"no job {after!r}", field="after")
+                    raise ValidationFailed(f"no job {after!r} to page after", field="after")
                 q = q.where(
                     (Job.created_at < anchor.created_at)
                     | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id))
@@ -174,28 +174,65 @@ class JobStore:
     def requeue(self, job_id: str, worker_id: str, reason: str) -> None:
         """Give a running job back to the queue (worker shutdown); it restarts from the beginning."""
         with self.session() as s:
-            s.execute(
+            done = s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value)
-                .values(status=JobStatus.queued.value, worker_id=None, step=0, epoch=0.0)
-            )
-            s.add(JobEvent(job_id=job_id, level="warning", message=f"Returned to the queue: {reason}"))
+                .values(status=JobStatus.queued.value, worker_id=None, step=0, total_steps=0, epoch=0.0)
+            ).rowcount
+            if done:
+                _forget_attempt(s, job_id)
+                s.add(JobEvent(job_id=job_id, level="warning", message=f"Returned to the queue: {reason}"))
 
     def requeue_stale(self, lease_seconds: float, max_attempts: int) -> list[str]:
-        """Jobs whose worker stopped heart-beating go back to the queue, or fail after max_attempts."""
+        """Jobs whose worker stopped heart-beating go back to the queue, or fail after max_attempts.
+
+        Each change is a guarded UPDATE (still running, still stale), so a job that finished or was
+        renewed meanwhile is left alone.
+        """
         cutoff = utcnow() - timedelta(seconds=lease_seconds)
+        stale = (Job.status == JobStatus.running.value) & (Job.heartbeat_at < cutoff)
         with self.session() as s:
-            stale = list(s.scalars(select(Job).where(Job.status == JobStatus.running.value, Job.heartbeat_at < cutoff)))
-            for job in stale:
-                if job.attempts >= max_attempts:
-                    job.status, job.finished_at = JobStatus.failed.value, utcnow()
-                    job.error_code = "worker_lost"
-                    job.error_message = f"the worker running this job stopped {job.attempts} times"
-                    s.add(JobEvent(job_id=job.id, level="error", message=job.error_message))
-                else:
-                    job.status, job.worker_id, job.step, job.epoch = JobStatus.queued.value, None, 0, 0.0
-                    s.add(JobEvent(job_id=job.id, level="warning", message="Worker lost; job requeued"))
-        return [j.id for j in stale]
+            candidates = list(s.execute(select(Job.id, Job.attempts, Job.cancel_requested).where(stale)))
+        changed = []
+        for job_id, attempts, cancel in candidates:
+            if cancel:
+                values, level = {"status": JobStatus.cancelled.value, "finished_at": utcnow()}, "info"
+                message = "Worker lost while cancelling; job cancelled"
+            elif attempts >= max_attempts:
+                message = f"the worker running this job stopped {attempts} times"
+                values = {
+                    "status": JobStatus.failed.value,
+                    "finished_at": utcnow(),
+                    "error_code": "worker_lost",
+                    "error_message": message,
+                }
+                level = "error"
+            else:
+                values = {
+                    "status": JobStatus.queued.value,
+                    "worker_id": None,
+                    "step": 0,
+                    "total_steps": 0,
+                    "epoch": 0.0,
+                }
+                level, message = "warning", "Worker lost; job requeued"
+            with self.session() as s:
+                if s.execute(update(Job).where(Job.id == job_id, stale).values(**values)).rowcount:
+                    if values["status"] == JobStatus.queued.value:
+                        _forget_attempt(s, job_id)
+                    s.add(JobEvent(job_id=job_id, level=level, message=message))
+                    changed.append(job_id)
+        return changed
+
+    def owns(self, job_id: str, worker_id: str) -> bool:
+        with self.session() as s:
+            return bool(
+                s.scalar(
+                    select(func.count()).where(
+                        Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value
+                    )
+                )
+            )
 
     def queue_length(self) -> int:
         with self.session() as s:
@@ -236,12 +273,16 @@ class JobStore:
 
     # ---- datasets -----------------------------------------------------------------------------
     def add_dataset(self, row: DatasetRow) -> DatasetRow:
-        with self.session() as s:
-            existing = s.get(DatasetRow, row.id)
-            if existing is not None:
-                return existing
-            s.add(row)
-        return row
+        """Insert once; the same content (same id) saved concurrently returns the stored row."""
+        try:
+            with self.session() as s:
+                existing = s.get(DatasetRow, row.id)
+                if existing is not None:
+                    return existing
+                s.add(row)
+            return row
+        except IntegrityError:
+            return self.get_dataset(row.id)
 
     def get_dataset(self, dataset_id: str, field: str = "dataset") -> DatasetRow:
         with self.session() as s:
@@ -249,3 +290,8 @@ class JobStore:
         if row is None:
             raise NotFound(f"no dataset {dataset_id!r}", field=field)
         return row
+
+
+def _forget_attempt(s: Session, job_id: str) -> None:
+    """A restarted job trains from step 0: drop the abandoned attempt's metric points."""
+    s.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id))

@@ -103,6 +103,9 @@ class Worker:
                 reporter,
                 gradient_checkpointing=self.settings.gradient_checkpointing,
             )
+            if not self.store.owns(job.id, self.worker_id):  # lease lost meanwhile: another worker has it
+                log.warning("job %s is no longer ours; dropping its result", job.id)
+                return
             version = self.adapters.commit(
                 staging,
                 job.adapter,

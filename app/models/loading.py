@@ -44,6 +44,11 @@ class LoadedBase:
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 
+    def max_tokens(self, wanted: int) -> int:
+        """`wanted` capped at what the model's position embeddings allow."""
+        limit = getattr(self.model.config, "max_position_embeddings", None) or wanted
+        return max(1, min(wanted, int(limit)))
+
 
 def load_tokenizer(resolved: ResolvedModel) -> Any:
     from transformers import AutoTokenizer

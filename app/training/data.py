@@ -51,6 +51,8 @@ def validate_records(rows: list[Any], field: str, limits: Limits, min_labels: in
             )
         if isinstance(label, str) and not label.strip():
             raise ValidationFailed("label is empty", field=f"{where}.label")
+        if isinstance(label, str) and (not _encodable(label) or len(label) > 200):
+            raise ValidationFailed("label must be valid Unicode of at most 200 characters", field=f"{where}.label")
         label_types.add(type(label))
         if len(label_types) > 1:
             raise ValidationFailed(
@@ -76,11 +78,21 @@ def _text(row: dict, key: str, where: str, limits: Limits, required: bool) -> st
         raise ValidationFailed(f"{key} must be a string, got {type(value).__name__}", field=f"{where}.{key}")
     if not value.strip():
         raise ValidationFailed(f"{key} is empty", field=f"{where}.{key}")
+    if not _encodable(value):
+        raise ValidationFailed(f"{key} is not valid Unicode (unpaired surrogate)", field=f"{where}.{key}")
     if len(value) > limits.max_text_chars:
         raise ValidationFailed(
             f"{key} has {len(value)} characters, over the limit of {limits.max_text_chars}", field=f"{where}.{key}"
         )
     return value
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_upload(filename: str, content: bytes, limits: Limits) -> list[dict]:
@@ -141,7 +153,10 @@ def split_validation(rows: list[dict], fraction: float, seed: int) -> tuple[list
     labels = [r["label"] for r in rows]
     counts = Counter(labels)
     stratify = labels if min(counts.values()) >= 2 and n_val >= len(counts) else None
-    train, val = train_test_split(rows, test_size=n_val, random_state=seed, stratify=stratify)
+    try:
+        train, val = train_test_split(rows, test_size=n_val, random_state=seed, stratify=stratify)
+    except ValueError:  # stratification impossible at this size: a plain seeded split
+        train, val = train_test_split(rows, test_size=n_val, random_state=seed)
     return train, val
 
 

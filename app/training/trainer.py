@@ -87,8 +87,9 @@ def train_adapter(
         ) from e
     try:
         label_ids = {label: i for i, label in enumerate(labels)}
-        train_ds = _tokenize(base.tokenizer, train_rows, label_ids, hp.max_length)
-        val_ds = _tokenize(base.tokenizer, val_rows, label_ids, hp.max_length) if val_rows else None
+        max_length = base.max_tokens(hp.max_length)
+        train_ds = _tokenize(base.tokenizer, train_rows, label_ids, max_length)
+        val_ds = _tokenize(base.tokenizer, val_rows, label_ids, max_length) if val_rows else None
         tracker = _Tracker(reporter, model, has_eval=val_ds is not None)
 
         with tempfile.TemporaryDirectory(prefix="peftserve-train-") as tmp:

@@ -51,7 +51,7 @@ def job_events(
     *,
     svc: ServiceDep,
     job_id: str,
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> EventsPublic:
     """The job's events in order; page with `after` = the last event id seen."""
