@@ -9,29 +9,19 @@ from importlib.metadata import version as pkg_version
 from typing import Any
 
 from app import schemas
-from app.adapters import AdapterStore, AdapterVersion, parse_ref, validate_name
+from app.adapters import AdapterVersion, parse_ref, validate_name
 from app.config import Settings
-from app.datasets import DatasetStore
+from app.core import Core
 from app.errors import NotFound, PayloadTooLarge, ValidationFailed
 from app.inference.engine import InferenceEngine
 from app.inference.evaluation import evaluate, to_predictions
 from app.jobs.models import DatasetRow, Job
-from app.jobs.store import JobStore
-from app.models.loading import pick_device, resolve_quantization
-from app.models.registry import ModelRegistry
 from app.training.data import Limits, check_split_possible, parse_upload, validate_records
 
 
-class PeftServe:
+class PeftServe(Core):
     def __init__(self, settings: Settings):
-        settings.ensure_dirs()
-        self.settings = settings
-        self.store = JobStore(settings.db_url)
-        self.datasets = DatasetStore(settings.datasets_dir, self.store)
-        self.adapters = AdapterStore(settings.adapters_dir)
-        self.registry = ModelRegistry(settings.models, settings.model_cache_dir)
-        self.device = pick_device(settings.device)
-        self.quantization = resolve_quantization(settings.quantization, self.device)
+        super().__init__(settings)
         self.engine = InferenceEngine(
             self.registry,
             self.adapters,
@@ -41,9 +31,6 @@ class PeftServe:
             settings.predict_batch_size,
         )
         self.limits = Limits(settings.max_records, settings.max_text_chars, settings.max_labels)
-
-    def close(self) -> None:
-        self.store.close()
 
     def health(self) -> schemas.Health:
         return schemas.Health(

@@ -74,6 +74,12 @@ class Server:
         raise TimeoutError(f"job {job_id} still {job['status']}")
 
 
+def post_job(client: httpx.Client, body: dict) -> httpx.Response:
+    r = client.post("/jobs", json={"base_model": "tiny-bert", **body})
+    assert r.status_code == 202, r.text
+    return r
+
+
 @pytest.fixture
 def server(tmp_path, tiny_models):
     srv = Server(tmp_path, tiny_models)
@@ -84,17 +90,15 @@ def server(tmp_path, tiny_models):
 def test_train_predict_evaluate_and_survive_a_restart(server):
     server.start()
     with httpx.Client(base_url=server.url, timeout=60) as c:
-        job = c.post(
-            "/jobs",
-            json={
+        job = post_job(
+            c,
+            {
                 "adapter": "sent",
-                "base_model": "tiny-bert",
                 "train": {"records": toy_sentiment(200)},
                 "validation": {"records": toy_sentiment(100, seed=3)},
                 "hyperparameters": {"epochs": 15, "batch_size": 8, "learning_rate": 0.01},
             },
         )
-        assert job.status_code == 202, job.text
         job_id = job.json()["id"]
         seen_while_running = []  # train points visible while the job runs
         deadline = time.monotonic() + 180
@@ -131,11 +135,10 @@ def test_train_predict_evaluate_and_survive_a_restart(server):
 def test_a_job_running_at_shutdown_is_requeued_and_finishes_after_restart(server):
     server.start()
     with httpx.Client(base_url=server.url, timeout=60) as c:
-        job_id = c.post(
-            "/jobs",
-            json={
+        job_id = post_job(
+            c,
+            {
                 "adapter": "long",
-                "base_model": "tiny-bert",
                 "train": {"records": toy_sentiment(400)},
                 "hyperparameters": {"epochs": 6, "batch_size": 4},
             },
@@ -156,9 +159,9 @@ def test_standalone_worker_and_cancel(tmp_path, tiny_models):
     srv = Server(tmp_path, tiny_models, workers=0).start()
     try:
         with httpx.Client(base_url=srv.url, timeout=60) as c:
-            quick = c.post(
-                "/jobs",
-                json={
+            quick = post_job(
+                c,
+                {
                     "adapter": "solo",
                     "base_model": "tiny-llama",
                     "train": {"records": toy_sentiment(40)},
@@ -175,11 +178,10 @@ def test_standalone_worker_and_cancel(tmp_path, tiny_models):
             assert worker.returncode == 0, worker.stderr[-2000:]
             assert c.get(f"/jobs/{quick}").json()["status"] == "succeeded"
 
-            slow = c.post(
-                "/jobs",
-                json={
+            slow = post_job(
+                c,
+                {
                     "adapter": "slow",
-                    "base_model": "tiny-bert",
                     "train": {"records": toy_sentiment(400)},
                     "hyperparameters": {"epochs": 100, "batch_size": 4},
                 },
@@ -209,11 +211,10 @@ def test_standalone_worker_and_cancel(tmp_path, tiny_models):
 def test_workers_do_not_outlive_a_killed_server(server):
     server.start()
     with httpx.Client(base_url=server.url, timeout=60) as c:
-        job_id = c.post(
-            "/jobs",
-            json={
+        job_id = post_job(
+            c,
+            {
                 "adapter": "long",
-                "base_model": "tiny-bert",
                 "train": {"records": toy_sentiment(400)},
                 "hyperparameters": {"epochs": 50, "batch_size": 4},
             },

@@ -15,30 +15,21 @@ import time
 import traceback
 from pathlib import Path
 
-from app.adapters import AdapterStore
 from app.config import Settings
-from app.datasets import DatasetStore
+from app.core import Core
 from app.errors import JobInterrupted, TrainingError
 from app.jobs.models import Job, JobStatus
 from app.jobs.store import JobStore
-from app.models.loading import LoadedBase, load_base, pick_device, resolve_quantization
-from app.models.registry import ModelRegistry
+from app.models.loading import LoadedBase, load_base
 from app.training.config import Hyperparameters
 from app.training.data import split_validation
 
 log = logging.getLogger(__name__)
 
 
-class Worker:
+class Worker(Core):
     def __init__(self, settings: Settings, parent_pid: int | None = None):
-        settings.ensure_dirs()
-        self.settings = settings
-        self.store = JobStore(settings.db_url)
-        self.datasets = DatasetStore(settings.datasets_dir, self.store)
-        self.adapters = AdapterStore(settings.adapters_dir)
-        self.registry = ModelRegistry(settings.models, settings.model_cache_dir)
-        self.device = pick_device(settings.device)
-        self.quantization = resolve_quantization(settings.quantization, self.device)
+        super().__init__(settings)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.base: LoadedBase | None = None  # kept between jobs on the same base
         self.stopping = threading.Event()
@@ -70,7 +61,7 @@ class Worker:
                 continue
             self.process(job)
             done += 1
-        self.store.close()
+        self.close()
         return done
 
     def process(self, job: Job) -> None:
