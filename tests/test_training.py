@@ -117,10 +117,12 @@ def test_shutdown_returns_the_job_to_the_queue(settings):
 def test_bad_target_modules_fail_the_job_with_a_clear_error(settings):
     svc = PeftServe(settings)
     job = submit(svc, "x", toy_sentiment(20), target_modules=["no_such_module"])
-    run_all(settings)
+    good = submit(svc, "y", toy_sentiment(20), epochs=1)
+    run_all(settings)  # one worker: the failed job, then a good one on a fresh base
     done = svc.store.get_job(job.id)
     assert done.status == "failed" and done.error_code == "invalid_hyperparameters"
     assert "no_such_module" in done.error_message
+    assert svc.store.get_job(good.id).status == "succeeded"
 
 
 @pytest.mark.parametrize("seed", [3])

@@ -125,11 +125,13 @@ class Worker(Core):
             else:
                 self.store.requeue(job.id, self.worker_id, "worker shut down")
         except TrainingError as e:
+            self.base = None  # a failed set-up may have left the shared base half-wrapped: reload it next time
             self.store.finish(
                 job.id, self.worker_id, JobStatus.failed, error=(e.code, e.message), message=f"Failed: {e.message}"
             )
         except Exception as e:  # noqa: BLE001 - any failure ends the job with a readable error
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            self.base = None
             msg = f"{type(e).__name__}: {e}"[:2000]
             self.store.finish(
                 job.id, self.worker_id, JobStatus.failed, error=("training_failed", msg), message=f"Failed: {msg}"

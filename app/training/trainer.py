@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,7 +40,6 @@ class TrainResult:
     metrics: dict[str, Any]
     labels: list[str]
     best_step: int | None = None
-    history: list[dict] = field(default_factory=list)
 
 
 def classification_metrics(y_true: Any, y_pred: Any, n_labels: int) -> dict[str, float]:
@@ -90,7 +89,7 @@ def train_adapter(
         max_length = base.max_tokens(hp.max_length)
         train_ds = _tokenize(base.tokenizer, train_rows, label_ids, max_length)
         val_ds = _tokenize(base.tokenizer, val_rows, label_ids, max_length) if val_rows else None
-        tracker = _Tracker(reporter, model, has_eval=val_ds is not None)
+        tracker = _Tracker(reporter, model)
 
         with tempfile.TemporaryDirectory(prefix="peftserve-train-") as tmp:
             steps_per_epoch = -(-len(train_ds) // hp.batch_size)
@@ -184,8 +183,8 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 class _Tracker(TrainerCallback):
     """Progress + cancellation every ~0.5 s, metric points batched, best eval kept."""
 
-    def __init__(self, reporter: Reporter, model: torch.nn.Module, has_eval: bool, every: float = 0.5):
-        self.reporter, self.model, self.has_eval, self.every = reporter, model, has_eval, every
+    def __init__(self, reporter: Reporter, model: torch.nn.Module, every: float = 0.5):
+        self.reporter, self.model, self.every = reporter, model, every
         self.pending: list[dict] = []
         self.last = 0.0
         self.stop_reason: str | None = None
