@@ -187,7 +187,9 @@ class _JobReporter:
 
     def metrics(self, points: list[dict]) -> None:
         self.store.add_metrics(self.job_id, points)
-        self.store.add_event(self.job_id, "metrics", type="metrics", data=points[-1])
+        last = points[-1]
+        values = ", ".join(f"{k} {v:.4g}" for k, v in last["values"].items())
+        self.store.add_event(self.job_id, f"{last['kind']} step {last['step']}: {values}", type="metrics", data=last)
 
     def event(self, message: str, data: dict | None = None) -> None:
         self.store.add_event(self.job_id, message, data=data)

@@ -105,7 +105,7 @@ def train_adapter(
                 eval_strategy="epoch" if val_ds is not None else "no",
                 save_strategy="no",  # the best weights are kept in memory by _Tracker (LoRA + head are small)
                 logging_strategy="steps",
-                logging_steps=max(1, min(50, steps_per_epoch // 4)),
+                logging_steps=max(1, min(50, steps_per_epoch * hp.epochs // 50)),  # ~50 loss points a run
                 report_to="none",
                 disable_tqdm=True,
                 seed=hp.seed,
