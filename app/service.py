@@ -67,9 +67,15 @@ class PeftServe(Core):
         )
         return None, rows
 
-    def _stored(self, source: schemas.DataSource, prefix: str, min_labels: int = 2) -> tuple[DatasetRow, list]:
-        row, rows = self._rows(source, prefix, min_labels)
-        return (row or self.datasets.save(rows)), rows
+    def _stored(self, source: schemas.DataSource, prefix: str, min_labels: int = 2) -> DatasetRow:
+        """The dataset a job trains on: an uploaded one by id (not read again), or inline records saved now."""
+        if source.dataset is not None:
+            try:
+                return self.datasets.get(source.dataset, field=f"{prefix}dataset")
+            except NotFound as e:
+                raise ValidationFailed(e.message, field=e.field) from None
+        _, rows = self._rows(source, prefix, min_labels)
+        return self.datasets.save(rows)
 
     # ---- jobs ---------------------------------------------------------------------------------
     def submit_job(self, body: schemas.JobCreate) -> Job:
@@ -78,21 +84,23 @@ class PeftServe(Core):
             raise ValidationFailed(
                 f"unknown base model {body.base_model!r}; known: {', '.join(self.registry.names())}", field="base_model"
             )
-        train, train_rows = self._stored(body.train, "train.")
+        train = self._stored(body.train, "train.")
         validation = None
         if body.validation is not None:
-            validation, val_rows = self._stored(body.validation, "validation.", min_labels=1)
-            known = set(train.labels)
-            for i, r in enumerate(val_rows):
-                if r["label"] not in known:
-                    raise ValidationFailed(
-                        f"label {r['label']!r} does not occur in the training data",
-                        field=f"validation.records[{i}].label"
-                        if body.validation.records is not None
-                        else "validation.dataset",
+            validation = self._stored(body.validation, "validation.", min_labels=1)
+            unknown = sorted(set(validation.labels) - set(train.labels))
+            if unknown:
+                label, field = unknown[0], "validation.dataset"
+                if body.validation.records is not None:  # name the first row carrying one
+                    row, label = next(
+                        (i, lab)
+                        for i, r in enumerate(body.validation.records)
+                        if (lab := str(r.label).strip()) in unknown
                     )
+                    field = f"validation.records[{row}].label"
+                raise ValidationFailed(f"label {label!r} does not occur in the training data", field=field)
         else:
-            check_split_possible(len(train_rows), body.validation_split, "validation_split")
+            check_split_possible(train.n_records, body.validation_split, "validation_split")
         return self.store.create_job(
             adapter=body.adapter,
             base_model=body.base_model,

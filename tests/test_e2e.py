@@ -233,3 +233,21 @@ def test_workers_do_not_outlive_a_killed_server(server):
         events = [e["message"] for e in c.get(f"/jobs/{job_id}/events", params={"limit": 500}).json()["data"]]
         assert any("Returned to the queue" in m for m in events), events
         assert c.post(f"/jobs/{job_id}/cancel").status_code == 200
+
+
+def test_a_worker_that_dies_is_restarted_by_the_server(server):
+    server.start()
+    (worker,) = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(int(worker), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout.split()
+        if children and children != [worker]:
+            break
+        time.sleep(0.2)
+    assert children and worker not in children, children
+    with httpx.Client(base_url=server.url, timeout=60) as c:  # and the new worker trains
+        job = post_job(
+            c, {"adapter": "after", "train": {"records": toy_sentiment(40)}, "hyperparameters": {"epochs": 1}}
+        )
+        assert server.wait_job(c, job.json()["id"])["status"] == "succeeded"
