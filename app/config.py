@@ -52,8 +52,16 @@ class Settings(BaseSettings):
     max_predict_inputs: int = Field(256, gt=0)
 
     # Serving
-    max_loaded_adapters: int = Field(32, ge=1, description="LRU bound on resident adapters")
-    predict_batch_size: int = Field(32, ge=1)
+    max_loaded_adapters: int = Field(32, ge=1, le=4096, description="LRU bound on resident adapters (count)")
+    max_loaded_adapter_bytes: int = Field(1 << 30, gt=0, description="LRU bound on resident adapters (bytes)")
+    predict_batch_size: int = Field(32, ge=1, le=1024, description="most rows in one forward pass")
+    batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="how long a batch waits for requests already arriving (an idle engine never waits)",
+    )
+    preload_adapters: list[str] = Field(default_factory=list, description="adapters loaded at start-up (JSON list)")
 
     @field_validator("database_url")
     @classmethod

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from app.api import errors
 from app.api.routes import adapters, datasets, health, inference, jobs
@@ -24,6 +25,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = PeftServe(settings)
         app.state.service = service
+        if settings.preload_adapters:
+            await run_in_threadpool(service.engine.preload, settings.preload_adapters)
         pool = WorkerPool(settings, settings.workers)
         if settings.workers:
             pool.start()

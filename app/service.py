@@ -27,10 +27,16 @@ class PeftServe(Core):
             self.adapters,
             self.device,
             self.quantization,
-            settings.max_loaded_adapters,
-            settings.predict_batch_size,
+            max_loaded=settings.max_loaded_adapters,
+            batch_size=settings.predict_batch_size,
+            max_loaded_bytes=settings.max_loaded_adapter_bytes,
+            batch_wait_ms=settings.batch_wait_ms,
         )
         self.limits = Limits(settings.max_records, settings.max_text_chars, settings.max_labels)
+
+    def close(self) -> None:
+        self.engine.close()
+        super().close()
 
     def health(self) -> schemas.Health:
         return schemas.Health(

@@ -60,8 +60,9 @@ def test_adapters_with_different_label_sets_share_one_base(trained):
     settings, svc = trained
     svc.engine.predict("sent", TEXTS)
     svc.engine.predict("topic", TEXTS)
-    slot = svc.engine._slots["tiny-bert"]
-    assert len(slot.peft.peft_config) >= 2  # both LoRA adapters in one model
+    res = svc.engine._resident
+    assert res["sent@v1"].slot != res["topic@v1"].slot  # two slots of one base's bank
+    assert len(svc.engine._bases["tiny-bert"].bank.layers) == 4  # tiny BERT: query+value in 2 layers
     out = svc.predict(PredictRequest(adapter="topic", inputs=TEXTS))
     assert set(out.predictions[0].scores) == {"neg", "pos", "sport"}
     assert set(svc.predict(PredictRequest(adapter="sent", inputs="x")).predictions[0].scores) == {"neg", "pos"}
@@ -74,7 +75,9 @@ def test_lru_evicts_and_reloads_the_same_answers(trained):
     engine.predict("topic", TEXTS)
     engine.predict("dec", TEXTS)
     assert [r["adapter"] for r in engine.loaded()] == ["topic@v1", "dec@v1"]
-    assert "a0" not in engine._slots["tiny-bert"].peft.peft_config  # deleted from peft too
+    bank = engine._bases["tiny-bert"].bank
+    assert bank.free == [0, *range(2, bank.capacity)]  # sent's slot is free again: zeroed
+    assert all(float(layer.A[0].abs().sum()) == 0 for layer in bank.layers.values())
     again = engine.predict("sent", TEXTS)[1]
     assert [r["adapter"] for r in engine.loaded()] == ["dec@v1", "sent@v1"]
     assert torch.allclose(first, again, atol=1e-6)
@@ -115,3 +118,79 @@ def test_padding_and_batching_do_not_change_answers(trained):
     together = svc.engine.predict("sent", texts)[1]
     alone = torch.cat([svc.engine.predict("sent", [t])[1] for t in texts])
     assert torch.allclose(together, alone, atol=1e-5)
+
+
+def test_mixed_adapter_batch_equals_each_adapter_alone(trained):
+    """Requests for adapters with different label sets, coalesced into one forward pass."""
+    from app.inference.engine import _Request
+
+    _, svc = trained
+    engine = svc.engine
+    alone = {ref: engine.predict(ref, TEXTS)[1] for ref in ("sent", "topic", "dec")}
+    versions = {ref: svc.adapters.resolve(ref) for ref in alone}
+    batch = [_Request(versions[ref], [t], None) for t in TEXTS for ref in ("sent", "topic", "sent", "dec")]
+    before = engine.stats["batches"]
+    out = engine._run(batch)
+    assert engine.stats["batches"] == before + 1  # one call: at most one forward per base
+    for r in batch:
+        ref = r.version.name
+        assert torch.allclose(out[id(r)][0], alone[ref][TEXTS.index(r.texts[0])], atol=1e-5)
+
+
+def test_concurrent_clients_get_their_own_adapters_answers(trained):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _, svc = trained
+    engine = svc.engine
+    refs = ["sent", "topic", "dec"]
+    expected = {ref: engine.predict(ref, TEXTS)[1] for ref in refs}
+    batches_before, rows_before = engine.stats["batches"], engine.stats["rows"]
+
+    def call(i: int):
+        ref = refs[i % 3]
+        version, probs = engine.predict(ref, [TEXTS[i % len(TEXTS)]])
+        return ref, i, version, probs
+
+    with ThreadPoolExecutor(24) as pool:
+        results = list(pool.map(call, range(240)))
+    for ref, i, version, probs in results:
+        assert version.name == ref and probs.shape == (1, len(version.labels))
+        assert torch.allclose(probs[0], expected[ref][i % len(TEXTS)], atol=1e-5)
+    batches = engine.stats["batches"] - batches_before
+    assert engine.stats["rows"] - rows_before == 240
+    assert batches < 240  # coalesced: fewer forward passes than requests
+
+
+def test_lru_bound_in_bytes(trained):
+    _, svc = trained
+    one = InferenceEngine(svc.registry, svc.adapters, "cpu", "none")
+    one.predict("sent", TEXTS)
+    size = one.loaded()[0]["bytes"]
+    engine = InferenceEngine(svc.registry, svc.adapters, "cpu", "none", max_loaded_bytes=int(size * 1.5))
+    engine.predict("sent", TEXTS)
+    engine.predict("topic", TEXTS)
+    assert [r["adapter"] for r in engine.loaded()] == ["topic@v1"]
+    assert engine.stats["evictions"] == 1
+
+
+def test_preload_and_unservable_adapters(trained, tmp_path):
+    import shutil
+
+    from app.errors import AdapterUnloadable
+
+    _, svc = trained
+    engine = InferenceEngine(svc.registry, svc.adapters, "cpu", "none")
+    engine.preload(["topic", "nope"])  # a missing one is logged, not fatal
+    assert [r["adapter"] for r in engine.loaded()] == ["topic@v1"]
+    # A DoRA adapter (or any variant the engine cannot run) is refused with a clear error, not mis-served.
+    src = svc.adapters.resolve("sent").path
+    staging = svc.adapters.staging_dir()
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copy(src / f, staging / f)
+    cfg = (staging / "adapter_config.json").read_text().replace('"use_dora": false', '"use_dora": true')
+    (staging / "adapter_config.json").write_text(cfg)
+    meta = {k: v for k, v in svc.adapters.resolve("sent").meta.items() if k not in ("name", "version", "sha256")}
+    svc.adapters.commit(staging, "dora", meta)
+    with pytest.raises(AdapterUnloadable, match="DoRA"):
+        engine.predict("dora", TEXTS)
+    assert engine.predict("sent", TEXTS)[1].shape == (len(TEXTS), 2)  # the engine keeps serving
