@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # Serving
     max_loaded_adapters: int = Field(32, ge=1, le=4096, description="LRU bound on resident adapters (count)")
     max_loaded_adapter_bytes: int = Field(1 << 30, gt=0, description="LRU bound on resident adapters (bytes)")
+    inference_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="serving precision of an unquantized base; auto: bf16 where the hardware has fast bf16"
+    )
     predict_batch_size: int = Field(32, ge=1, le=1024, description="most rows in one forward pass")
     batch_wait_ms: float = Field(
         2.0,

@@ -5,6 +5,7 @@ Never imports FastAPI: the routes are thin wrappers over these methods, and test
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from importlib.metadata import version as pkg_version
 from typing import Any
 
@@ -16,6 +17,7 @@ from app.errors import NotFound, PayloadTooLarge, ValidationFailed
 from app.inference.engine import InferenceEngine
 from app.inference.evaluation import evaluate, to_predictions
 from app.jobs.models import DatasetRow, Job
+from app.models.loading import resolve_inference_dtype
 from app.training.data import Limits, check_split_possible, parse_upload, validate_records
 
 
@@ -31,6 +33,7 @@ class PeftServe(Core):
             batch_size=settings.predict_batch_size,
             max_loaded_bytes=settings.max_loaded_adapter_bytes,
             batch_wait_ms=settings.batch_wait_ms,
+            dtype=resolve_inference_dtype(settings.inference_dtype, self.device, self.quantization),
         )
         self.limits = Limits(settings.max_records, settings.max_text_chars, settings.max_labels)
 
@@ -175,6 +178,11 @@ class PeftServe(Core):
 
     # ---- inference ------------------------------------------------------------------------------
     def predict(self, body: schemas.PredictRequest) -> schemas.PredictResponse:
+        version, future = self.submit_predict(body)
+        return self.predict_response(version, future.result())
+
+    def submit_predict(self, body: schemas.PredictRequest) -> tuple[AdapterVersion, Future]:
+        """Validate and queue a prediction; the caller waits on the future (a thread, or an event loop)."""
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         if not texts:
             raise ValidationFailed("give at least one input", field="inputs")
@@ -192,7 +200,10 @@ class PeftServe(Core):
                 )
         if body.text_pairs is not None and len(body.text_pairs) != len(texts):
             raise ValidationFailed("give one text pair per input", field="text_pairs")
-        version, probs = self.engine.predict(body.adapter, texts, body.text_pairs)
+        return self.engine.submit(body.adapter, texts, body.text_pairs)
+
+    @staticmethod
+    def predict_response(version: AdapterVersion, probs: Any) -> schemas.PredictResponse:
         return schemas.PredictResponse(adapter=version.ref, predictions=to_predictions(version.labels, probs))
 
     def evaluate(self, body: schemas.EvaluateRequest) -> schemas.EvaluateResponse:

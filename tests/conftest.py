@@ -29,6 +29,7 @@ def make_settings(root: Path, tiny_models: dict[str, Path], **overrides):
         models={name: ModelSource(kind="local", location=str(p)) for name, p in tiny_models.items()},
         poll_interval=0.1,
         heartbeat_interval=0.5,
+        inference_dtype="float32",  # exact comparisons with plain peft; bf16 serving has its own test
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -194,3 +194,23 @@ def test_preload_and_unservable_adapters(trained, tmp_path):
     with pytest.raises(AdapterUnloadable, match="DoRA"):
         engine.predict("dora", TEXTS)
     assert engine.predict("sent", TEXTS)[1].shape == (len(TEXTS), 2)  # the engine keeps serving
+
+
+def test_bf16_serving_agrees_with_fp32(trained):
+    _, svc = trained
+    texts = [f"{'good ' * (i % 5)}{'awful ' * (i % 3)}film {i}" for i in range(40)]
+    fp32 = svc.engine.predict("topic", texts)[1]
+    engine = InferenceEngine(svc.registry, svc.adapters, "cpu", "none", dtype=torch.bfloat16)
+    bf16 = engine.predict("topic", texts)[1]
+    assert engine._bases["tiny-bert"].bank.dtype == torch.bfloat16
+    assert (bf16 - fp32).abs().max() < 0.03
+    assert (bf16.argmax(-1) == fp32.argmax(-1)).float().mean() >= 0.95
+
+
+def test_buckets_cut_padding_only_where_it_pays():
+    from app.inference.engine import buckets
+
+    assert buckets([10] * 8, 64) == [(0, 8)]  # equal lengths: one pass
+    assert buckets([5, 6, 7, 8, 30, 31, 32, 200], 64) == [(0, 4), (4, 7), (7, 8)]  # 4x8+64 + 3x32+64 + 200+64
+    spans = buckets(sorted(range(1, 100, 3)), 16)
+    assert spans[0][0] == 0 and spans[-1][1] == 33 and all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))

@@ -31,28 +31,41 @@ class Router:
 
 
 class MultiLoRALinear(nn.Module):
-    def __init__(self, base: nn.Module, router: Router, capacity: int, rank: int):
+    def __init__(self, base: nn.Module, router: Router, capacity: int, rank: int, dtype: torch.dtype):
         super().__init__()
         self.base, self.router = base, router
         self.in_features, self.out_features = int(base.in_features), int(base.out_features)
-        device = base.weight.device
-        self.register_buffer("A", torch.zeros(capacity, rank, self.in_features, device=device), persistent=False)
-        self.register_buffer("B", torch.zeros(capacity, self.out_features, rank, device=device), persistent=False)
+        kw = {"device": base.weight.device, "dtype": dtype}
+        self.register_buffer("A", torch.zeros(capacity, rank, self.in_features, **kw), persistent=False)
+        self.register_buffer("B", torch.zeros(capacity, self.out_features, rank, **kw), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         rows = self.router.rows
-        if rows is None or self.A.shape[1] == 0:
-            return y
-        x3 = x.reshape(x.shape[0], -1, self.in_features)
-        if self.router.single is not None:  # one adapter: plain matmuls, no gather
+        if rows is None or self.A.shape[1] == 0 or y.dtype != self.A.dtype:
+            return y if rows is None or self.A.shape[1] == 0 else y + self._delta(x.to(self.A.dtype), rows).to(y.dtype)
+        if self.router.single is not None:  # one adapter: y += (x Aᵀ) Bᵀ as two plain GEMMs, the add fused
             s = self.router.single
-            delta = (x3 @ self.A[s].to(x.dtype).T) @ self.B[s].to(x.dtype).T
-        else:
-            a = self.A.index_select(0, rows).to(x.dtype)  # [b, r, in]
-            b = self.B.index_select(0, rows).to(x.dtype)  # [b, out, r]
-            delta = torch.bmm(torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2))
-        return y + delta.reshape(y.shape).to(y.dtype)
+            y2, x2 = y.view(-1, self.out_features), x.reshape(-1, self.in_features)
+            y2.addmm_(x2 @ self.A[s].T, self.B[s].T)
+            return y
+        y3 = y.view(x.shape[0], -1, self.out_features)
+        y3.baddbmm_(*self._factors(x, rows))
+        return y
+
+    def _factors(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's x·Aᵀ [b, seq, r] and Bᵀ [b, r, out], gathered from its slot."""
+        a = self.A.index_select(0, rows)  # [b, r, in]
+        b = self.B.index_select(0, rows)  # [b, out, r]
+        x3 = x.reshape(x.shape[0], -1, self.in_features)
+        return torch.bmm(x3, a.transpose(1, 2)), b.transpose(1, 2)
+
+    def _delta(self, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        if self.router.single is not None:
+            s = self.router.single
+            return (x @ self.A[s].T) @ self.B[s].T
+        h, bt = self._factors(x, rows)
+        return torch.bmm(h, bt).reshape(*x.shape[:-1], self.out_features)
 
     def resize(self, capacity: int, rank: int) -> None:
         """Grow the slot count and/or the rank (zero padded: a padded rank adds nothing)."""
@@ -71,9 +84,10 @@ class LoraWeights:
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]  # path -> (A [r, in], B·scale [out, r])
     rank: int
 
-    @property
-    def nbytes(self) -> int:
-        return sum(a.numel() * a.element_size() + b.numel() * b.element_size() for a, b in self.pairs.values())
+    def nbytes(self, dtype: torch.dtype) -> int:
+        """Bytes once stored in slots of `dtype`."""
+        size = torch.empty(0, dtype=dtype).element_size()
+        return sum((a.numel() + b.numel()) * size for a, b in self.pairs.values())
 
 
 def parse_lora(state: dict[str, torch.Tensor], config: dict) -> LoraWeights:
@@ -103,8 +117,8 @@ def parse_lora(state: dict[str, torch.Tensor], config: dict) -> LoraWeights:
 class SlotBank:
     """The wrapped layers of one base model and which slot each resident adapter holds."""
 
-    def __init__(self, model: nn.Module, max_slots: int):
-        self.model, self.max_slots = model, max_slots
+    def __init__(self, model: nn.Module, max_slots: int, dtype: torch.dtype = torch.float32):
+        self.model, self.max_slots, self.dtype = model, max_slots, dtype
         self.router = Router()
         self.layers: dict[str, MultiLoRALinear] = {}
         self.capacity, self.rank = 0, 0
@@ -122,7 +136,7 @@ class SlotBank:
             raise UnsupportedAdapter(f"the base has no module {path}") from None
         if not isinstance(target, nn.Linear):  # bitsandbytes' Linear4bit / Linear8bitLt are Linears too
             raise UnsupportedAdapter(f"{path} is a {type(target).__name__}, not a Linear")
-        layer = MultiLoRALinear(target, self.router, self.capacity, self.rank)
+        layer = MultiLoRALinear(target, self.router, self.capacity, self.rank, self.dtype)
         setattr(parent, child, layer)
         self.layers[path] = layer
         return layer
@@ -172,4 +186,4 @@ class SlotBank:
 
     @property
     def nbytes(self) -> int:
-        return sum(layer.A.numel() * 4 + layer.B.numel() * 4 for layer in self.layers.values())
+        return sum(layer.A.nbytes + layer.B.nbytes for layer in self.layers.values())

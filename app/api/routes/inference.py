@@ -1,3 +1,5 @@
+import asyncio
+
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
@@ -10,7 +12,8 @@ router = APIRouter(tags=["inference"])
 @router.post("/predict")
 async def predict(*, svc: ServiceDep, body: PredictRequest) -> PredictResponse:
     """Classify one text or a list with an adapter (`name` = newest version, `name@vN` pinned)."""
-    return await run_in_threadpool(svc.predict, body)
+    version, future = svc.submit_predict(body)  # validation and queueing only: cheap, no thread hop
+    return svc.predict_response(version, await asyncio.wrap_future(future))
 
 
 @router.post("/evaluate")
