@@ -36,6 +36,10 @@ class Settings(BaseSettings):
     quantization: Quantization = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     gradient_checkpointing: bool = False
+    training_dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="training precision of an unquantized base; auto: bf16 autocast where the hardware has fast bf16",
+    )
 
     # Workers
     workers: int = Field(1, ge=0, le=64, description="worker processes that `peftserve serve` starts")

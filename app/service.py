@@ -17,7 +17,7 @@ from app.errors import NotFound, PayloadTooLarge, ValidationFailed
 from app.inference.engine import InferenceEngine
 from app.inference.evaluation import evaluate, to_predictions
 from app.jobs.models import DatasetRow, Job
-from app.models.loading import resolve_inference_dtype
+from app.models.loading import resolve_dtype
 from app.training.data import Limits, check_split_possible, parse_upload, validate_records
 
 
@@ -33,7 +33,7 @@ class PeftServe(Core):
             batch_size=settings.predict_batch_size,
             max_loaded_bytes=settings.max_loaded_adapter_bytes,
             batch_wait_ms=settings.batch_wait_ms,
-            dtype=resolve_inference_dtype(settings.inference_dtype, self.device, self.quantization),
+            dtype=resolve_dtype(settings.inference_dtype, self.device, self.quantization),
         )
         self.limits = Limits(settings.max_records, settings.max_text_chars, settings.max_labels)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from app.models.loading import resolve_inference_dtype
+from app.models.loading import resolve_dtype
 from bench.common import Server, load, pct, rt_rows, start_peftserve, table
 
 SHORT = "A warm, funny and beautifully acted film."
@@ -124,7 +124,7 @@ def main() -> None:
     def single(c: int, i: int) -> dict:
         return {"adapter": names[0], "inputs": texts[(c * 31 + i) % len(texts)]}
 
-    dtype = resolve_inference_dtype("auto", "cpu", "none")
+    dtype = resolve_dtype("auto", "cpu", "none")
 
     # --- ours -----------------------------------------------------------------------------------
     ours = start_peftserve(env, work / "ours.log")

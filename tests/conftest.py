@@ -30,6 +30,7 @@ def make_settings(root: Path, tiny_models: dict[str, Path], **overrides):
         poll_interval=0.1,
         heartbeat_interval=0.5,
         inference_dtype="float32",  # exact comparisons with plain peft; bf16 serving has its own test
+        training_dtype="float32",  # the same on every machine; bf16 training has its own test
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)
@@ -43,7 +44,7 @@ def settings(tmp_path: Path, tiny_models: dict[str, Path]):
 def submit(service, adapter: str, records: list[dict], base_model: str = "tiny-bert", **hyper):
     from app.schemas import JobCreate
 
-    hp = {"epochs": 15, "batch_size": 8, "learning_rate": 1e-2, **hyper}
+    hp = {"epochs": 15, "batch_size": 8, "learning_rate": 1e-2, "early_stopping_patience": 0, **hyper}
     body = JobCreate(adapter=adapter, base_model=base_model, train={"records": records}, hyperparameters=hp)
     return service.submit_job(body)
 

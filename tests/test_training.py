@@ -135,3 +135,54 @@ def test_training_is_seeded(tmp_path, tiny_models, seed):
         run_all(settings)
         results.append(svc.adapters.resolve("s").meta["metrics"]["train_loss"])
     assert results[0] == results[1]
+
+
+def test_early_stopping_keeps_the_best_epoch(settings):
+    svc = PeftServe(settings)
+    # A learning rate this high stops improving after a few epochs; patience 1 ends the run there.
+    job = submit(svc, "es", toy_sentiment(120), epochs=30, early_stopping_patience=1, learning_rate=5e-2)
+    run_all(settings)
+    done = svc.store.get_job(job.id)
+    assert done.status == "succeeded", done.error_message
+    m = svc.job_metrics(job.id)
+    assert len(m.eval) < 30 and done.step == done.total_steps  # stopped early, and reads as complete
+    best = max(m.eval, key=lambda e: e.f1_macro)
+    assert m.eval[-1].f1_macro <= best.f1_macro
+    meta = svc.adapters.resolve("es").meta["metrics"]
+    assert meta["best_step"] == best.step and meta["f1_macro"] == pytest.approx(best.f1_macro, abs=1e-6)
+    assert any("Early stop" in e.message for e in svc.store.events(job.id))
+
+
+def test_class_weighting_lifts_the_minority_class(settings):
+    svc = PeftServe(settings)
+    rows = toy_sentiment(200)
+    pos = [r for r in rows if r["label"] == "pos"]
+    skewed = [r for r in rows if r["label"] == "neg"] + pos[:12]  # ~11% positive, like SMS spam
+    val = {"records": [r for r in toy_sentiment(80, seed=5)]}
+    recalls = {}
+    for mode in ("none", "balanced"):
+        job = submit(svc, f"w-{mode}", skewed, epochs=3, class_weighting=mode, early_stopping_patience=0)
+        svc.store.get_job(job.id)
+        run_all(settings)
+        _, probs = svc.engine.predict(f"w-{mode}", [r["text"] for r in val["records"]])
+        labels = svc.adapters.resolve(f"w-{mode}").labels
+        pred = [labels[i] for i in probs.argmax(-1).tolist()]
+        truth = [r["label"] for r in val["records"]]
+        recalls[mode] = sum(p == t == "pos" for p, t in zip(pred, truth, strict=True)) / truth.count("pos")
+    assert recalls["balanced"] > recalls["none"], recalls
+
+
+def test_bf16_training_on_a_bf16_base(tmp_path, tiny_models):
+    settings = make_settings(tmp_path, tiny_models, training_dtype="bfloat16")
+    svc = PeftServe(settings)
+    job = submit(svc, "b", toy_sentiment(200), epochs=10)
+    run_all(settings)
+    done = svc.store.get_job(job.id)
+    assert done.status == "succeeded", done.error_message
+    metrics = svc.adapters.resolve("b").meta["metrics"]
+    assert metrics["precision"] == "bf16" and metrics["accuracy"] >= 0.75, metrics
+    # Saved LoRA weights and head are fp32 (the optimizer's master copy), loadable anywhere.
+    from safetensors.torch import load_file
+
+    state = load_file(str(svc.adapters.resolve("b").weights))
+    assert {t.dtype for t in state.values()} == {torch.float32}

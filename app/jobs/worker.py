@@ -20,7 +20,7 @@ from app.core import Core
 from app.errors import JobInterrupted, TrainingError
 from app.jobs.models import Job, JobStatus
 from app.jobs.store import JobStore
-from app.models.loading import LoadedBase, load_base
+from app.models.loading import LoadedBase, load_base, resolve_dtype
 from app.training.config import Hyperparameters
 from app.training.data import split_validation
 
@@ -145,7 +145,8 @@ class Worker(Core):
         if self.base is None or self.base.name != name:
             self.base = None  # one base per worker process: free the old one first
             started = time.perf_counter()
-            self.base = load_base(self.registry.resolve(name), self.quantization, self.device)
+            dtype = resolve_dtype(self.settings.training_dtype, self.device, self.quantization)
+            self.base = load_base(self.registry.resolve(name), self.quantization, self.device, dtype)
             reporter.event(f"Loaded base {name} ({self.quantization}) in {time.perf_counter() - started:.1f}s")
         return self.base
 

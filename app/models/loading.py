@@ -41,9 +41,9 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_inference_dtype(setting: str, device: str, quantization: str) -> torch.dtype:
-    """`auto`: bf16 where the hardware runs it fast (CUDA, CPUs with bf16 instructions), else fp32.
-    A bitsandbytes base keeps its own compute dtype."""
+def resolve_dtype(setting: str, device: str, quantization: str) -> torch.dtype:
+    """Precision of an unquantized base (serving and training). `auto`: bf16 where the hardware runs it fast
+    (CUDA, CPUs with bf16 instructions), else fp32. A bitsandbytes base keeps its own compute dtype."""
     if quantization != "none":
         return torch.float32
     if setting == "auto":
@@ -98,12 +98,18 @@ def quantization_config(quantization: str, device: str) -> Any:
     raise ValueError(f"unknown quantization {quantization!r}")
 
 
-def load_base(resolved: ResolvedModel, quantization: str, device: str) -> LoadedBase:
+def load_base(
+    resolved: ResolvedModel, quantization: str, device: str, dtype: torch.dtype = torch.float32
+) -> LoadedBase:
     from transformers import AutoModelForSequenceClassification
 
     tok = load_tokenizer(resolved)
     qcfg = quantization_config(quantization, device)
-    kwargs: dict[str, Any] = {"num_labels": 2, "revision": resolved.revision, "dtype": torch.float32}
+    kwargs: dict[str, Any] = {
+        "num_labels": 2,
+        "revision": resolved.revision,
+        "dtype": dtype if quantization == "none" else torch.float32,
+    }
     if qcfg is not None:
         kwargs.update(quantization_config=qcfg, device_map={"": device})
     model = AutoModelForSequenceClassification.from_pretrained(resolved.path, **kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
@@ -21,6 +23,12 @@ class Hyperparameters(BaseModel):
     max_length: int = Field(128, ge=8, le=8192, description="tokens kept per example (longer are truncated)")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="fraction of steps with linear LR warm-up")
     weight_decay: float = Field(0.01, ge=0, lt=1, description="AdamW weight decay")
+    early_stopping_patience: int = Field(
+        2, ge=0, le=100, description="stop after this many epochs without a better validation macro-F1 (0: never)"
+    )
+    class_weighting: Literal["none", "balanced"] = Field(
+        "none", description="balanced: weight the loss by inverse label frequency (imbalanced data)"
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds init, shuffling and the validation split")
 
     @field_validator("target_modules")

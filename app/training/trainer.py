@@ -1,14 +1,14 @@
 """Train one LoRA adapter (and its own classification head) on a loaded, shared base model.
 
-Reads top to bottom: set up the head and LoRA, tokenize, train with the HF Trainer (dynamic padding),
-keep the best validation checkpoint, save, and take the LoRA layers off the base again so the next job
-starts from the same clean base. Knows nothing of HTTP or the database: progress goes to a Reporter.
+Reads top to bottom: set up the head and LoRA, tokenize once, train with a lean loop (length-grouped
+batches, bf16 autocast where the hardware has it), keep the best validation epoch, save, and take the LoRA
+layers off the base again so the next job starts from the same clean base. Knows nothing of HTTP or the
+database: progress goes to a Reporter. (bench/training.py measures it against the HF Trainer.)
 """
 
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from transformers import PrinterCallback, TrainerCallback
 
 from app.errors import JobInterrupted, TrainingError
 from app.models.loading import LoadedBase, new_head
@@ -62,14 +61,15 @@ def train_adapter(
     gradient_checkpointing: bool = False,
 ) -> TrainResult:
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
 
-    set_seed(hp.seed)
+    _seed(hp.seed)
     new_head(base, labels, hp.seed)
     if base.quantization != "none" and not getattr(base.model, "_peftserve_kbit_ready", False):
         prepare_model_for_kbit_training(base.model, use_gradient_checkpointing=gradient_checkpointing)
         _keep_4bit_training_layout(base.model)
         base.model._peftserve_kbit_ready = True
+    elif gradient_checkpointing:
+        base.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     lora = LoraConfig(
         task_type=TaskType.SEQ_CLS,  # peft then adds the head to modules_to_save: it trains and saves with us
@@ -79,76 +79,223 @@ def train_adapter(
         target_modules=hp.target_modules,
     )
     try:
-        model = get_peft_model(base.model, lora)
+        # LoRA weights and the head stay fp32 (the optimizer's master copy) even on a bf16 base.
+        model = get_peft_model(base.model, lora, autocast_adapter_dtype=True)
     except ValueError as e:  # e.g. target_modules naming nothing in this model
         raise TrainingError(
             "invalid_hyperparameters", f"LoRA set-up failed for target_modules={hp.target_modules}: {e}"
         ) from e
     try:
-        label_ids = {label: i for i, label in enumerate(labels)}
-        max_length = base.max_tokens(hp.max_length)
-        train_ds = _tokenize(base.tokenizer, train_rows, label_ids, max_length)
-        val_ds = _tokenize(base.tokenizer, val_rows, label_ids, max_length) if val_rows else None
-        tracker = _Tracker(reporter, model)
-
-        with tempfile.TemporaryDirectory(prefix="peftserve-train-") as tmp:
-            steps_per_epoch = -(-len(train_ds) // hp.batch_size)
-            args = TrainingArguments(
-                output_dir=tmp,
-                num_train_epochs=hp.epochs,
-                per_device_train_batch_size=hp.batch_size,
-                per_device_eval_batch_size=max(hp.batch_size, 32),
-                learning_rate=hp.learning_rate,
-                weight_decay=hp.weight_decay,
-                lr_scheduler_type="linear",
-                warmup_steps=hp.warmup_ratio,  # transformers 5: a float < 1 is a fraction of all steps
-                eval_strategy="epoch" if val_ds is not None else "no",
-                save_strategy="no",  # the best weights are kept in memory by _Tracker (LoRA + head are small)
-                logging_strategy="steps",
-                logging_steps=max(1, min(50, steps_per_epoch * hp.epochs // 50)),  # ~50 loss points a run
-                report_to="none",
-                disable_tqdm=True,
-                seed=hp.seed,
-                data_seed=hp.seed,
-                use_cpu=base.device == "cpu",
-                dataloader_num_workers=0,
-                label_names=["labels"],
-            )
-            trainer = Trainer(
-                model=model,
-                args=args,
-                train_dataset=train_ds,
-                eval_dataset=val_ds,
-                data_collator=DataCollatorWithPadding(base.tokenizer),
-                compute_metrics=lambda p: classification_metrics(
-                    p.label_ids, np.argmax(p.predictions, axis=-1), len(labels)
-                ),
-                callbacks=[tracker],
-            )
-            trainer.remove_callback(PrinterCallback)  # progress goes to the Reporter, not stdout
-            started = time.perf_counter()
-            out = trainer.train()
-            train_seconds = time.perf_counter() - started
-            if tracker.stop_reason:
-                raise JobInterrupted(tracker.stop_reason)
-
-            tracker.restore_best()
-            metrics: dict[str, Any] = {
-                "train_loss": round(float(out.training_loss), 6),
-                "train_seconds": round(train_seconds, 3),
-                "train_samples_per_second": round(len(train_ds) * hp.epochs / train_seconds, 3),
-                "n_train": len(train_ds),
-                "n_validation": len(val_ds) if val_ds is not None else 0,
-                "steps": int(trainer.state.global_step),
-            }
-            if tracker.best_values is not None:  # validation metrics of the weights we save
-                metrics.update({k: round(v, 6) for k, v in tracker.best_values.items()})
-                metrics["best_step"] = tracker.best_step
-        model.save_pretrained(str(out_dir), safe_serialization=True)
-        return TrainResult(metrics=metrics, labels=labels, best_step=tracker.best_step)
+        return _Loop(base, model, labels, hp, reporter).run(train_rows, val_rows, out_dir)
     finally:
         # Take LoRA layers and the head wrapper off again: the shared base is clean for the next job.
         base.model = model.unload()
+
+
+def _seed(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class _Encoded:
+    features: list[dict[str, list[int]]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def n_tokens(self, idx: list[int]) -> int:
+        return sum(len(self.features[i]["input_ids"]) for i in idx)
+
+
+def encode(tokenizer: Any, rows: list[dict], label_ids: dict[str, int], max_length: int) -> _Encoded:
+    """Tokenized once, unpadded; batches are padded to their own longest row."""
+    texts = [r["text"] for r in rows]
+    pairs = [r.get("text_pair") for r in rows]
+    has_pairs = any(p is not None for p in pairs)
+    enc = tokenizer(texts, [p or "" for p in pairs] if has_pairs else None, truncation=True, max_length=max_length)
+    keys = list(enc.keys())
+    return _Encoded([{k: enc[k][i] for k in keys} for i in range(len(rows))], [label_ids[r["label"]] for r in rows])
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """Shuffled batches of similar lengths (little padding): shuffle, sort within windows of 50 batches,
+    cut into batches, shuffle the batches."""
+    order = rng.permutation(len(lengths)).tolist()
+    window = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(data: _Encoded, idx: list[int], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    width = max(len(data.features[i]["input_ids"]) for i in idx)
+    width = -(-width // 8) * 8  # a multiple of 8: few distinct shapes for the kernels to compile and cache
+    out = {}
+    for key in data.features[idx[0]]:
+        fill = pad_id if key == "input_ids" else 0
+        out[key] = torch.tensor(
+            [data.features[i][key] + [fill] * (width - len(data.features[i][key])) for i in idx], device=device
+        )
+    out["labels"] = torch.tensor([data.labels[i] for i in idx], device=device)
+    return out
+
+
+class _Loop:
+    """A lean training loop: length-grouped batches, bf16 autocast on a bf16 base, AdamW with linear
+    warm-up/decay, evaluation each epoch with early stopping, the best epoch's weights kept; progress,
+    metrics and cancellation through the Reporter about every 0.5 s (no per-step host work)."""
+
+    def __init__(self, base: LoadedBase, model: Any, labels: list[str], hp: Hyperparameters, reporter: Reporter):
+        self.base, self.model, self.labels, self.hp, self.reporter = base, model, labels, hp, reporter
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.autocast = base.model.dtype == torch.bfloat16 or (base.device == "cuda" and base.quantization != "none")
+        self.pad_id = base.tokenizer.pad_token_id or 0
+        self.pending: list[dict] = []
+        self.last_flush = 0.0
+        self.stop_reason: str | None = None
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        with torch.autocast(device_type=self.base.device, dtype=torch.bfloat16, enabled=self.autocast):
+            return self.model(**inputs).logits.float()
+
+    def run(self, train_rows: list[dict], val_rows: list[dict], out_dir: Path) -> TrainResult:
+        hp = self.hp
+        label_ids = {label: i for i, label in enumerate(self.labels)}
+        max_length = self.base.max_tokens(hp.max_length)
+        train = encode(self.base.tokenizer, train_rows, label_ids, max_length)
+        val = encode(self.base.tokenizer, val_rows, label_ids, max_length) if val_rows else None
+        lengths = [len(f["input_ids"]) for f in train.features]
+        steps_per_epoch = -(-len(train) // hp.batch_size)
+        total = steps_per_epoch * hp.epochs
+        log_every = max(1, min(50, total // 50))  # ~50 loss points a run
+
+        decay = [p for p in self.params if p.ndim >= 2]
+        no_decay = [p for p in self.params if p.ndim < 2]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.learning_rate,
+            foreach=True,
+        )
+        warmup = int(hp.warmup_ratio * total)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+        )
+        weight = None
+        if hp.class_weighting == "balanced":
+            counts = np.bincount(train.labels, minlength=len(self.labels)).astype(float)
+            weight = torch.tensor(len(train) / (len(self.labels) * np.maximum(counts, 1)), dtype=torch.float32)
+            weight = weight.to(self.base.device)
+        loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+
+        rng = np.random.default_rng(hp.seed)
+        step, tokens, loss_sum, loss_n, loss_total = 0, 0, 0.0, 0, 0.0
+        best: tuple[float, int, dict[str, float], dict[str, torch.Tensor]] | None = None
+        bad_epochs = 0
+        started = time.perf_counter()
+        self.reporter.progress(0, total, 0.0)
+        for epoch in range(hp.epochs):
+            self.model.train()
+            for idx in length_grouped_batches(lengths, hp.batch_size, rng):
+                batch = collate(train, idx, self.pad_id, self.base.device)
+                loss = loss_fn(self._forward(batch), batch["labels"])
+                loss.backward()
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                tokens += train.n_tokens(idx)
+                value = loss.item()
+                loss_sum, loss_n, loss_total = loss_sum + value, loss_n + 1, loss_total + value
+                if step == 1:
+                    self.reporter.event(
+                        "First training step done", {"seconds": round(time.perf_counter() - started, 3)}
+                    )
+                if step % log_every == 0 or step == total:
+                    self.pending.append(
+                        {
+                            "kind": "train",
+                            "step": step,
+                            "epoch": round(step / steps_per_epoch, 4),
+                            "values": {"loss": loss_sum / loss_n, "learning_rate": sched.get_last_lr()[0]},
+                        }
+                    )
+                    loss_sum, loss_n = 0.0, 0
+                self._flush(step, total, step / steps_per_epoch)
+                if self.stop_reason:
+                    raise JobInterrupted(self.stop_reason)
+            if val is not None:
+                values = self.evaluate(val, loss_fn)
+                self.pending.append({"kind": "eval", "step": step, "epoch": float(epoch + 1), "values": values})
+                if best is None or values["f1_macro"] > best[0]:
+                    best, bad_epochs = (values["f1_macro"], step, values, self._state()), 0
+                else:
+                    bad_epochs += 1
+                self._flush(step, total, epoch + 1.0, force=True)
+                if hp.early_stopping_patience and bad_epochs >= hp.early_stopping_patience and epoch + 1 < hp.epochs:
+                    self.reporter.event(
+                        f"Early stop after epoch {epoch + 1}: no better validation macro-F1 for {bad_epochs} epochs",
+                        {"best_step": best[1]},
+                    )
+                    total = step  # the run is complete: progress reads 100%
+                    break
+        seconds = time.perf_counter() - started
+        self._flush(step, total, step / steps_per_epoch, force=True)
+        metrics: dict[str, Any] = {
+            "train_loss": round(loss_total / max(1, step), 6),  # mean over the run, as the HF Trainer reports
+            "train_seconds": round(seconds, 3),
+            "train_samples_per_second": round(len(train) * (step / steps_per_epoch) / seconds, 3),
+            "train_tokens": tokens,
+            "n_train": len(train),
+            "n_validation": len(val) if val is not None else 0,
+            "steps": step,
+            "precision": "bf16" if self.autocast else "fp32",
+        }
+        if best is not None:  # the weights we save are those of the best validation epoch
+            self.model.load_state_dict(best[3], strict=False)
+            metrics.update({k: round(v, 6) for k, v in best[2].items()})
+            metrics["best_step"] = best[1]
+        self.model.save_pretrained(str(out_dir), safe_serialization=True)
+        return TrainResult(metrics=metrics, labels=self.labels, best_step=best[1] if best else None)
+
+    @torch.no_grad()
+    def evaluate(self, data: _Encoded, loss_fn: torch.nn.Module) -> dict[str, float]:
+        self.model.eval()
+        order = sorted(range(len(data)), key=lambda i: len(data.features[i]["input_ids"]))
+        preds, losses = [], []
+        size = max(self.hp.batch_size, 32)
+        for start in range(0, len(order), size):
+            idx = order[start : start + size]
+            batch = collate(data, idx, self.pad_id, self.base.device)
+            logits = self._forward(batch)
+            losses.append(float(loss_fn(logits, batch["labels"])) * len(idx))
+            preds.extend(logits.argmax(-1).tolist())
+        y_true = [data.labels[i] for i in order]
+        self.model.train()
+        return {"loss": sum(losses) / len(data), **classification_metrics(y_true, preds, len(self.labels))}
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def _flush(self, step: int, total: int, epoch: float, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_flush < 0.5:
+            return
+        self.last_flush = now
+        if self.pending:
+            self.reporter.metrics(self.pending)
+            self.pending = []
+        reason = self.reporter.progress(step, total, round(epoch, 4))
+        if reason and not self.stop_reason:
+            self.stop_reason = reason
 
 
 def _keep_4bit_training_layout(model: torch.nn.Module) -> None:
@@ -157,88 +304,3 @@ def _keep_4bit_training_layout(model: torch.nn.Module) -> None:
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
             module.support_avx512bf16_for_cpu = False
-
-
-def _tokenize(tokenizer: Any, rows: list[dict], label_ids: dict[str, int], max_length: int) -> Any:
-    import datasets
-
-    texts = [r["text"] for r in rows]
-    pairs = [r.get("text_pair") for r in rows]
-    has_pairs = any(p is not None for p in pairs)
-    enc = tokenizer(
-        texts,
-        [p or "" for p in pairs] if has_pairs else None,
-        truncation=True,
-        max_length=max_length,
-    )
-    columns = {k: enc[k] for k in enc.keys()}
-    columns["labels"] = [label_ids[r["label"]] for r in rows]
-    return datasets.Dataset.from_dict(columns)
-
-
-def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-class _Tracker(TrainerCallback):
-    """Progress + cancellation every ~0.5 s, metric points batched, best eval kept."""
-
-    def __init__(self, reporter: Reporter, model: torch.nn.Module, every: float = 0.5):
-        self.reporter, self.model, self.every = reporter, model, every
-        self.pending: list[dict] = []
-        self.last = 0.0
-        self.stop_reason: str | None = None
-        self.best_score: float | None = None
-        self.best_step: int | None = None
-        self.best_state: dict[str, torch.Tensor] | None = None
-        self.best_values: dict[str, float] | None = None
-
-    def _flush(self, state: Any, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < self.every:
-            return
-        self.last = now
-        if self.pending:
-            self.reporter.metrics(self.pending)
-            self.pending = []
-        reason = self.reporter.progress(state.global_step, state.max_steps, round(float(state.epoch or 0), 4))
-        if reason and not self.stop_reason:
-            self.stop_reason = reason
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self._flush(state)
-        if self.stop_reason:
-            control.should_training_stop = True
-
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any) -> None:
-        logs = logs or {}
-        if "loss" in logs:
-            self.pending.append(
-                {
-                    "kind": "train",
-                    "step": state.global_step,
-                    "epoch": round(float(state.epoch or 0), 4),
-                    "values": {"loss": float(logs["loss"]), "learning_rate": float(logs.get("learning_rate", 0.0))},
-                }
-            )
-
-    def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kw: Any) -> None:
-        m = metrics or {}
-        values = {
-            k.removeprefix("eval_"): float(m[k]) for k in ("eval_loss", "eval_accuracy", "eval_f1_macro") if k in m
-        }
-        self.pending.append(
-            {"kind": "eval", "step": state.global_step, "epoch": round(float(state.epoch or 0), 4), "values": values}
-        )
-        score = values.get("f1_macro")
-        if score is not None and (self.best_score is None or score > self.best_score):
-            self.best_score, self.best_step, self.best_values = score, state.global_step, values
-            self.best_state = _trainable_state(self.model)
-        self._flush(state, force=True)
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self._flush(state, force=True)
-
-    def restore_best(self) -> None:
-        if self.best_state is not None:
-            self.model.load_state_dict(self.best_state, strict=False)
