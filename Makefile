@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint serve clean
+.PHONY: install demo test lint serve clean bench-inference bench-training
 
 install: $(STAMP)
 
@@ -31,6 +31,13 @@ test: install
 
 lint: install
 	$(PY) -m ruff check app tests bench
+
+# Benchmarks: side-by-side ratios measured in one run (minutes each; not part of `make test`).
+bench-inference: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.inference
+
+bench-training: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.training
 
 serve: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/peftserve serve

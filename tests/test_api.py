@@ -9,7 +9,13 @@ from app.jobs.worker import Worker
 from app.main import create_app
 from tests.tiny import toy_sentiment, toy_topic
 
-HP = {"epochs": 15, "batch_size": 8, "learning_rate": 1e-2, "early_stopping_patience": 0}
+HP = {
+    "epochs": 15,
+    "batch_size": 8,
+    "learning_rate": 1e-2,
+    "early_stopping_patience": 0,
+    "target_modules": ["query", "value"],
+}
 
 
 @pytest.fixture

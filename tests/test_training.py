@@ -161,7 +161,7 @@ def test_class_weighting_lifts_the_minority_class(settings):
     val = {"records": [r for r in toy_sentiment(80, seed=5)]}
     recalls = {}
     for mode in ("none", "balanced"):
-        job = submit(svc, f"w-{mode}", skewed, epochs=3, class_weighting=mode, early_stopping_patience=0)
+        job = submit(svc, f"w-{mode}", skewed, epochs=3, class_weighting=mode, target_modules=["query", "value"])
         svc.store.get_job(job.id)
         run_all(settings)
         _, probs = svc.engine.predict(f"w-{mode}", [r["text"] for r in val["records"]])
@@ -172,10 +172,11 @@ def test_class_weighting_lifts_the_minority_class(settings):
     assert recalls["balanced"] > recalls["none"], recalls
 
 
-def test_bf16_training_on_a_bf16_base(tmp_path, tiny_models):
+@pytest.mark.parametrize("base_model", ["tiny-bert", "tiny-llama"])
+def test_bf16_training_on_a_bf16_base(tmp_path, tiny_models, base_model):
     settings = make_settings(tmp_path, tiny_models, training_dtype="bfloat16")
     svc = PeftServe(settings)
-    job = submit(svc, "b", toy_sentiment(200), epochs=10)
+    job = submit(svc, "b", toy_sentiment(200), base_model=base_model)
     run_all(settings)
     done = svc.store.get_job(job.id)
     assert done.status == "succeeded", done.error_message
@@ -186,3 +187,17 @@ def test_bf16_training_on_a_bf16_base(tmp_path, tiny_models):
 
     state = load_file(str(svc.adapters.resolve("b").weights))
     assert {t.dtype for t in state.values()} == {torch.float32}
+
+
+def test_default_targets_every_linear_but_the_head(settings):
+    import json
+
+    svc = PeftServe(settings)
+    submit(svc, "all", toy_sentiment(48), epochs=1, target_modules=None)
+    run_all(settings)
+    version = svc.adapters.resolve("all")
+    config = json.loads((version.path / "adapter_config.json").read_text())
+    leaves = {name.rsplit(".", 1)[-1] for name in config["target_modules"]}
+    assert leaves == {"query", "key", "value", "dense"}  # "dense": attention out, FFN in/out, pooler
+    _, probs = svc.engine.predict("all", ["good film"])  # the engine serves every targeted Linear
+    assert len(svc.engine._bases["tiny-bert"].bank.layers) == 13  # 2 layers x 6 + the pooler

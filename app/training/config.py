@@ -13,12 +13,15 @@ class Hyperparameters(BaseModel):
     epochs: int = Field(3, ge=1, le=100, description="passes over the training set")
     batch_size: int = Field(16, ge=1, le=1024, description="training examples per optimizer step")
     # LoRA trains few weights from a small init, so it wants a larger step than a full fine-tune (2e-5).
-    learning_rate: float = Field(1e-3, gt=0, le=1.0, description="peak learning rate (linear decay)")
+    # Calibrated with bench/training.py on rt_movie_snippets and sms_spam (see README).
+    learning_rate: float = Field(5e-4, gt=0, le=1.0, description="peak learning rate (linear decay)")
     lora_r: int = Field(8, ge=1, le=256, description="rank of the LoRA update matrices")
     lora_alpha: int = Field(16, ge=1, le=1024, description="LoRA scaling numerator (scale = alpha / r)")
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="dropout on the LoRA branch input")
     target_modules: list[str] | None = Field(
-        None, description="module names to adapt; null picks the model family's attention projections"
+        None,
+        description="module names to adapt; null: every Linear of the model's blocks (attention and feed-forward"
+        " projections, not the head)",
     )
     max_length: int = Field(128, ge=8, le=8192, description="tokens kept per example (longer are truncated)")
     warmup_ratio: float = Field(0.06, ge=0, lt=1, description="fraction of steps with linear LR warm-up")
