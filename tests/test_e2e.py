@@ -33,6 +33,9 @@ class Server:
             "HF_HUB_OFFLINE": "1",
             "PEFTSERVE_WORKERS": str(workers),
             "PEFTSERVE_POLL_INTERVAL": "0.2",
+            # fp32 on every machine (tiny models): bf16 is covered by unit and integration tests
+            "PEFTSERVE_TRAINING_DTYPE": "float32",
+            "PEFTSERVE_INFERENCE_DTYPE": "float32",
             "PEFTSERVE_MODELS": json.dumps({n: {"kind": "local", "location": str(p)} for n, p in tiny_models.items()}),
         }
         self.proc: subprocess.Popen | None = None
@@ -96,7 +99,13 @@ def test_train_predict_evaluate_and_survive_a_restart(server):
                 "adapter": "sent",
                 "train": {"records": toy_sentiment(200)},
                 "validation": {"records": toy_sentiment(100, seed=3)},
-                "hyperparameters": {"epochs": 15, "batch_size": 8, "learning_rate": 0.01, "early_stopping_patience": 0},
+                "hyperparameters": {
+                    "epochs": 15,
+                    "batch_size": 8,
+                    "learning_rate": 0.01,
+                    "early_stopping_patience": 0,
+                    "target_modules": ["query", "value"],
+                },
             },
         )
         job_id = job.json()["id"]
@@ -140,7 +149,12 @@ def test_a_job_running_at_shutdown_is_requeued_and_finishes_after_restart(server
             {
                 "adapter": "long",
                 "train": {"records": toy_sentiment(400)},
-                "hyperparameters": {"epochs": 6, "batch_size": 4, "early_stopping_patience": 0},
+                "hyperparameters": {
+                    "epochs": 6,
+                    "batch_size": 4,
+                    "early_stopping_patience": 0,
+                    "target_modules": ["query", "value"],
+                },
             },
         ).json()["id"]
         deadline = time.monotonic() + 60
@@ -183,7 +197,12 @@ def test_standalone_worker_and_cancel(tmp_path, tiny_models):
                 {
                     "adapter": "slow",
                     "train": {"records": toy_sentiment(400)},
-                    "hyperparameters": {"epochs": 100, "batch_size": 4, "early_stopping_patience": 0},
+                    "hyperparameters": {
+                        "epochs": 100,
+                        "batch_size": 4,
+                        "early_stopping_patience": 0,
+                        "target_modules": ["query", "value"],
+                    },
                 },
             ).json()["id"]
             proc = subprocess.Popen(
@@ -216,7 +235,12 @@ def test_workers_do_not_outlive_a_killed_server(server):
             {
                 "adapter": "long",
                 "train": {"records": toy_sentiment(400)},
-                "hyperparameters": {"epochs": 50, "batch_size": 4, "early_stopping_patience": 0},
+                "hyperparameters": {
+                    "epochs": 50,
+                    "batch_size": 4,
+                    "early_stopping_patience": 0,
+                    "target_modules": ["query", "value"],
+                },
             },
         ).json()["id"]
         server.wait_job(c, job_id, until=("running",), timeout=60)

@@ -24,7 +24,8 @@ def load(name: str, n: int, seed: int = 0) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
-    return make_settings(tmp_path_factory.mktemp("integration"), {})
+    # The product's precision defaults (bf16 where the CPU has it), unlike the exact unit tests.
+    return make_settings(tmp_path_factory.mktemp("integration"), {}, inference_dtype="auto", training_dtype="auto")
 
 
 def train(settings, adapter, base_model, train_rows, val_rows, **hp):
