@@ -60,9 +60,9 @@ def test_adapters_with_different_label_sets_share_one_base(trained):
     settings, svc = trained
     svc.engine.predict("sent", TEXTS)
     svc.engine.predict("topic", TEXTS)
-    res = svc.engine._resident
+    res = svc.engine.cache.resident
     assert res["sent@v1"].slot != res["topic@v1"].slot  # two slots of one base's bank
-    assert len(svc.engine._bases["tiny-bert"].bank.layers) == 4  # tiny BERT: query+value in 2 layers
+    assert len(svc.engine.cache.bases["tiny-bert"].bank.layers) == 4  # tiny BERT: query+value in 2 layers
     out = svc.predict(PredictRequest(adapter="topic", inputs=TEXTS))
     assert set(out.predictions[0].scores) == {"neg", "pos", "sport"}
     assert set(svc.predict(PredictRequest(adapter="sent", inputs="x")).predictions[0].scores) == {"neg", "pos"}
@@ -75,7 +75,7 @@ def test_lru_evicts_and_reloads_the_same_answers(trained):
     engine.predict("topic", TEXTS)
     engine.predict("dec", TEXTS)
     assert [r["adapter"] for r in engine.loaded()] == ["topic@v1", "dec@v1"]
-    bank = engine._bases["tiny-bert"].bank
+    bank = engine.cache.bases["tiny-bert"].bank
     assert bank.free == [0, *range(2, bank.capacity)]  # sent's slot is free again: zeroed
     assert all(float(layer.A[0].abs().sum()) == 0 for layer in bank.layers.values())
     again = engine.predict("sent", TEXTS)[1]
@@ -202,7 +202,7 @@ def test_bf16_serving_agrees_with_fp32(trained):
     fp32 = svc.engine.predict("topic", texts)[1]
     engine = InferenceEngine(svc.registry, svc.adapters, "cpu", "none", dtype=torch.bfloat16)
     bf16 = engine.predict("topic", texts)[1]
-    assert engine._bases["tiny-bert"].bank.dtype == torch.bfloat16
+    assert engine.cache.bases["tiny-bert"].bank.dtype == torch.bfloat16
     assert (bf16 - fp32).abs().max() < 0.03
     assert (bf16.argmax(-1) == fp32.argmax(-1)).float().mean() >= 0.95
 

@@ -200,4 +200,4 @@ def test_default_targets_every_linear_but_the_head(settings):
     leaves = {name.rsplit(".", 1)[-1] for name in config["target_modules"]}
     assert leaves == {"query", "key", "value", "dense"}  # "dense": attention out, FFN in/out, pooler
     _, probs = svc.engine.predict("all", ["good film"])  # the engine serves every targeted Linear
-    assert len(svc.engine._bases["tiny-bert"].bank.layers) == 13  # 2 layers x 6 + the pooler
+    assert len(svc.engine.cache.bases["tiny-bert"].bank.layers) == 13  # 2 layers x 6 + the pooler

@@ -10,44 +10,22 @@ Adapters stay resident in an LRU bounded by count and bytes; deleting one unload
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import queue
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors.torch import load as safetensors_load
-from torch import nn
 
 from app.adapters import AdapterStore, AdapterVersion
-from app.errors import AdapterUnloadable, NotFound, PeftServeError
-from app.inference.multilora import PREFIX, SlotBank, UnsupportedAdapter, parse_lora
-from app.models.loading import LoadedBase, load_base
+from app.errors import PeftServeError
+from app.inference.cache import AdapterCache, Resident, ResidentBase
 from app.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Resident:
-    version: AdapterVersion
-    slot: int
-    head: nn.Linear
-    nbytes: int
-    loaded_at: float = field(default_factory=time.time)
-    hits: int = 0
-
-
-@dataclass
-class _Base:
-    base: LoadedBase
-    bank: SlotBank
 
 
 @dataclass
@@ -74,20 +52,18 @@ class InferenceEngine:
         dtype: torch.dtype = torch.float32,
         bucket_overhead_tokens: int = 64,
     ):
-        self.registry, self.adapters = registry, adapters
-        self.device, self.quantization = device, quantization
-        self.max_loaded, self.max_loaded_bytes = max_loaded, max_loaded_bytes
+        self.adapters = adapters
         self.batch_size, self.batch_wait = batch_size, batch_wait_ms / 1000
-        self.dtype, self.bucket_overhead = dtype, bucket_overhead_tokens
-        self._bases: dict[str, _Base] = {}
-        self._resident: OrderedDict[str, _Resident] = OrderedDict()  # ref -> resident, least recent first
+        self.device, self.bucket_overhead = device, bucket_overhead_tokens
+        self.cache = AdapterCache(registry, adapters, device, quantization, dtype, max_loaded, max_loaded_bytes)
+        self.stats = self.cache.stats  # batches, rows, loads, evictions, hits
+        self.stats.update(batches=0, rows=0)
         self._lock = threading.RLock()  # models and the LRU: held by the batch thread and by (un)load calls
         self._queue: queue.Queue[_Request | None] = queue.Queue()
         self._carry: list[_Request] = []  # taken from the queue but left for the next batch
         self._arriving = 0  # callers between entering predict() and queueing their requests
         self._arriving_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.stats = {"batches": 0, "rows": 0, "loads": 0, "evictions": 0, "hits": 0}
 
     # ---- public ---------------------------------------------------------------------------------
     def predict(
@@ -126,29 +102,22 @@ class InferenceEngine:
         for ref in refs:
             try:
                 with self._lock:
-                    self._ensure(self.adapters.resolve(ref), pinned=set())
+                    self.cache.ensure(self.adapters.resolve(ref), pinned=set())
             except PeftServeError as e:
                 log.warning("preload of %s failed: %s", ref, e.message)
 
     def loaded(self) -> list[dict]:
         with self._lock:
-            return [
-                {
-                    "adapter": ref,
-                    "base_model": r.version.meta["base_model"],
-                    "bytes": r.nbytes,
-                    "loaded_at": r.loaded_at,
-                    "requests": r.hits,
-                }
-                for ref, r in self._resident.items()
-            ]
+            return self.cache.loaded()
 
     def unload(self, refs: list[str]) -> None:
         """Drop these versions if resident (after a delete)."""
         with self._lock:
-            for ref in refs:
-                if ref in self._resident:
-                    self._evict(ref)
+            self.cache.unload(refs)
+
+    def memory(self) -> dict[str, Any]:
+        with self._lock:
+            return self.cache.memory()
 
     def close(self) -> None:
         if self._thread is not None:
@@ -193,7 +162,7 @@ class InferenceEngine:
                 if (
                     item is None
                     or rows + len(item.texts) > self.batch_size
-                    or (item.version.ref not in adapters and len(adapters) >= self.max_loaded)
+                    or (item.version.ref not in adapters and len(adapters) >= self.cache.max_loaded)
                 ):
                     self._carry.append(item)
                     break
@@ -216,25 +185,25 @@ class InferenceEngine:
         results: dict[int, torch.Tensor | BaseException] = {}
         with self._lock:
             pinned = {r.version.ref for r in batch}
-            live: list[tuple[_Request, _Resident]] = []
+            live: list[tuple[_Request, Resident]] = []
             for r in batch:
                 try:
-                    res = self._ensure(r.version, pinned)
+                    res = self.cache.ensure(r.version, pinned)
                 except PeftServeError as e:
                     results[id(r)] = e
                     continue
                 res.hits += 1
                 live.append((r, res))
-            by_base: dict[str, list[tuple[_Request, _Resident]]] = {}
+            by_base: dict[str, list[tuple[_Request, Resident]]] = {}
             for r, res in live:
                 by_base.setdefault(r.version.meta["base_model"], []).append((r, res))
             for name, items in by_base.items():
-                results.update(self._forward(self._bases[name], items))
+                results.update(self._forward(self.cache.bases[name], items))
             self.stats["batches"] += 1
             self.stats["rows"] += sum(len(r.texts) for r, _ in live)
         return results
 
-    def _forward(self, slot: _Base, items: list[tuple[_Request, _Resident]]) -> dict[int, torch.Tensor]:
+    def _forward(self, slot: ResidentBase, items: list[tuple[_Request, Resident]]) -> dict[int, torch.Tensor]:
         tok, base, bank = slot.base.tokenizer, slot.base, slot.bank
         encs: list[dict[str, list[int]]] = []
         row_slots: list[int] = []
@@ -277,87 +246,6 @@ class InferenceEngine:
         finally:
             bank.router.rows = bank.router.single = None
         return out
-
-    # ---- residency ------------------------------------------------------------------------------
-    def _base(self, name: str) -> _Base:
-        slot = self._bases.get(name)
-        if slot is None:
-            base = load_base(self.registry.resolve(name), self.quantization, self.device)
-            setattr(base.model, base.head_name, nn.Identity())  # features out; adapters bring heads
-            dtype = torch.float32
-            if base.quantization == "none" and self.dtype != torch.float32:
-                base.model.to(self.dtype)
-                dtype = self.dtype
-            base.model.eval()
-            slot = self._bases[name] = _Base(base, SlotBank(base.model, self.max_loaded, dtype))
-        return slot
-
-    def _ensure(self, version: AdapterVersion, pinned: set[str]) -> _Resident:
-        res = self._resident.get(version.ref)
-        if res is not None and res.version.meta.get("sha256") == version.meta.get("sha256"):
-            self._resident.move_to_end(version.ref)
-            self.stats["hits"] += 1
-            return res
-        if res is not None:  # same ref, other weights on disk: never serve a stale head
-            self._evict(version.ref)
-        res = self._load(version, pinned)
-        self._resident[version.ref] = res
-        self.stats["loads"] += 1
-        return res
-
-    def _make_room(self, nbytes: int, pinned: set[str]) -> None:
-        """Evict least recently used adapters (never one the running batch needs) until one more fits."""
-        used = sum(r.nbytes for r in self._resident.values())
-        for ref in [ref for ref in self._resident if ref not in pinned]:
-            if len(self._resident) < self.max_loaded and used + nbytes <= self.max_loaded_bytes:
-                break
-            used -= self._resident[ref].nbytes
-            self._evict(ref)
-
-    def _load(self, version: AdapterVersion, pinned: set[str]) -> _Resident:
-        meta = version.meta
-        try:
-            data = version.weights.read_bytes()  # read once: hashed, then parsed (safetensors: no pickle)
-            if meta.get("sha256") and hashlib.sha256(data).hexdigest() != meta["sha256"]:
-                raise AdapterUnloadable(f"adapter {version.ref}: weights do not match their checksum")
-            state = safetensors_load(data)  # load_file leaks ~50 small objects a call (safetensors 0.8)
-            del data
-            config = json.loads((version.path / "adapter_config.json").read_text())
-        except FileNotFoundError:  # deleted meanwhile, or a store holding no safetensors weights
-            raise NotFound(f"no adapter {version.ref} (no safetensors weights)", field="adapter") from None
-        base = self._base(meta["base_model"])
-        prefix = f"{PREFIX}{meta['head']}."
-        head_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        if "weight" not in head_state or head_state["weight"].shape != (len(meta["labels"]), base.base.hidden_size):
-            raise AdapterUnloadable(f"adapter {version.ref}: its head does not fit its labels and base")
-        head = nn.Linear(head_state["weight"].shape[1], head_state["weight"].shape[0], bias="bias" in head_state)
-        head.load_state_dict(head_state)
-        head.to(self.device).eval()
-        try:
-            lora = parse_lora({k: v for k, v in state.items() if not k.startswith(prefix)}, config)
-        except (UnsupportedAdapter, KeyError, ValueError) as e:
-            raise AdapterUnloadable(f"adapter {version.ref} cannot be served: {e}") from e
-        nbytes = lora.nbytes(base.bank.dtype) + sum(p.numel() * p.element_size() for p in head.parameters())
-        self._make_room(nbytes, pinned)
-        try:
-            slot = base.bank.add(lora)
-        except UnsupportedAdapter as e:
-            raise AdapterUnloadable(f"adapter {version.ref} does not fit base {meta['base_model']}: {e}") from e
-        log.info("loaded adapter %s (%d bytes) into slot %d", version.ref, nbytes, slot)
-        return _Resident(version, slot, head, nbytes)
-
-    def _evict(self, ref: str) -> None:
-        res = self._resident.pop(ref)
-        self._bases[res.version.meta["base_model"]].bank.remove(res.slot)
-        self.stats["evictions"] += 1
-        log.info("unloaded adapter %s", ref)
-
-    def memory(self) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "resident_bytes": sum(r.nbytes for r in self._resident.values()),
-                "slot_bytes": sum(b.bank.nbytes for b in self._bases.values()),
-            }
 
 
 def buckets(lengths: list[int], overhead: int, window: int = 64) -> list[tuple[int, int]]:

@@ -1,0 +1,158 @@
+"""Which adapters are resident in the engine: load on first use, an LRU bounded by count and bytes.
+
+Each base model is loaded once with its head replaced by Identity (features out; every adapter brings its
+own head) and a SlotBank of per-row LoRA slots. Loading an adapter reads its safetensors once (hashed, then
+parsed; never pickle), copies the LoRA pairs into a free slot and builds its head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load as safetensors_load
+from torch import nn
+
+from app.adapters import AdapterStore, AdapterVersion
+from app.errors import AdapterUnloadable, NotFound
+from app.inference.multilora import PREFIX, SlotBank, UnsupportedAdapter, parse_lora
+from app.models.loading import LoadedBase, load_base
+from app.models.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Resident:
+    version: AdapterVersion
+    slot: int
+    head: nn.Linear
+    nbytes: int
+    loaded_at: float = field(default_factory=time.time)
+    hits: int = 0
+
+
+@dataclass
+class ResidentBase:
+    base: LoadedBase
+    bank: SlotBank
+
+
+class AdapterCache:
+    """Not thread-safe by itself: the engine calls it under its model lock."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        adapters: AdapterStore,
+        device: str,
+        quantization: str,
+        dtype: torch.dtype,
+        max_loaded: int,
+        max_loaded_bytes: int,
+    ):
+        self.registry, self.adapters = registry, adapters
+        self.device, self.quantization, self.dtype = device, quantization, dtype
+        self.max_loaded, self.max_loaded_bytes = max_loaded, max_loaded_bytes
+        self.bases: dict[str, ResidentBase] = {}
+        self.resident: OrderedDict[str, Resident] = OrderedDict()  # ref -> resident, least recent first
+        self.stats = {"loads": 0, "evictions": 0, "hits": 0}
+
+    def base(self, name: str) -> ResidentBase:
+        slot = self.bases.get(name)
+        if slot is None:
+            base = load_base(self.registry.resolve(name), self.quantization, self.device, self.dtype)
+            setattr(base.model, base.head_name, nn.Identity())  # features out; adapters bring heads
+            dtype = self.dtype if base.quantization == "none" else torch.float32  # LoRA slots match the base
+            base.model.eval()
+            slot = self.bases[name] = ResidentBase(base, SlotBank(base.model, self.max_loaded, dtype))
+        return slot
+
+    def ensure(self, version: AdapterVersion, pinned: set[str]) -> Resident:
+        res = self.resident.get(version.ref)
+        if res is not None and res.version.meta.get("sha256") == version.meta.get("sha256"):
+            self.resident.move_to_end(version.ref)
+            self.stats["hits"] += 1
+            return res
+        if res is not None:  # same ref, other weights on disk: never serve a stale head
+            self.evict(version.ref)
+        res = self.load(version, pinned)
+        self.resident[version.ref] = res
+        self.stats["loads"] += 1
+        return res
+
+    def make_room(self, nbytes: int, pinned: set[str]) -> None:
+        """Evict least recently used adapters (never one the running batch needs) until one more fits."""
+        used = sum(r.nbytes for r in self.resident.values())
+        for ref in [ref for ref in self.resident if ref not in pinned]:
+            if len(self.resident) < self.max_loaded and used + nbytes <= self.max_loaded_bytes:
+                break
+            used -= self.resident[ref].nbytes
+            self.evict(ref)
+
+    def load(self, version: AdapterVersion, pinned: set[str]) -> Resident:
+        meta = version.meta
+        try:
+            data = version.weights.read_bytes()  # read once: hashed, then parsed (safetensors: no pickle)
+            if meta.get("sha256") and hashlib.sha256(data).hexdigest() != meta["sha256"]:
+                raise AdapterUnloadable(f"adapter {version.ref}: weights do not match their checksum")
+            state = safetensors_load(data)  # load_file leaks ~50 small objects a call (safetensors 0.8)
+            del data
+            config = json.loads((version.path / "adapter_config.json").read_text())
+        except FileNotFoundError:  # deleted meanwhile, or a store holding no safetensors weights
+            raise NotFound(f"no adapter {version.ref} (no safetensors weights)", field="adapter") from None
+        base = self.base(meta["base_model"])
+        prefix = f"{PREFIX}{meta['head']}."
+        head_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+        if "weight" not in head_state or head_state["weight"].shape != (len(meta["labels"]), base.base.hidden_size):
+            raise AdapterUnloadable(f"adapter {version.ref}: its head does not fit its labels and base")
+        head = nn.Linear(head_state["weight"].shape[1], head_state["weight"].shape[0], bias="bias" in head_state)
+        head.load_state_dict(head_state)
+        head.to(self.device).eval()
+        try:
+            lora = parse_lora({k: v for k, v in state.items() if not k.startswith(prefix)}, config)
+        except (UnsupportedAdapter, KeyError, ValueError) as e:
+            raise AdapterUnloadable(f"adapter {version.ref} cannot be served: {e}") from e
+        nbytes = lora.nbytes(base.bank.dtype) + sum(p.numel() * p.element_size() for p in head.parameters())
+        self.make_room(nbytes, pinned)
+        try:
+            slot = base.bank.add(lora)
+        except UnsupportedAdapter as e:
+            raise AdapterUnloadable(f"adapter {version.ref} does not fit base {meta['base_model']}: {e}") from e
+        log.info("loaded adapter %s (%d bytes) into slot %d", version.ref, nbytes, slot)
+        return Resident(version, slot, head, nbytes)
+
+    def evict(self, ref: str) -> None:
+        res = self.resident.pop(ref)
+        self.bases[res.version.meta["base_model"]].bank.remove(res.slot)
+        self.stats["evictions"] += 1
+        log.info("unloaded adapter %s", ref)
+
+    def memory(self) -> dict[str, Any]:
+        return {
+            "resident_bytes": sum(r.nbytes for r in self.resident.values()),
+            "slot_bytes": sum(b.bank.nbytes for b in self.bases.values()),
+        }
+
+    def loaded(self) -> list[dict]:
+        return [
+            {
+                "adapter": ref,
+                "base_model": r.version.meta["base_model"],
+                "bytes": r.nbytes,
+                "loaded_at": r.loaded_at,
+                "requests": r.hits,
+            }
+            for ref, r in self.resident.items()
+        ]
+
+    def unload(self, refs: list[str]) -> None:
+        for ref in refs:
+            if ref in self.resident:
+                self.evict(ref)
