@@ -22,16 +22,16 @@ def serve(
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run the HTTP API and its training workers."""
+    # oneDNN (torch's bf16 CPU matmuls) caches a compiled kernel per input shape, 1,024 by default: with
+    # requests of every length that cache alone grew RSS by hundreds of MB. With 64 an in-process run kept
+    # RSS flat at the same throughput. Set before torch loads; an explicit setting wins.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     import uvicorn
 
     from app.config import get_settings
     from app.main import create_app
 
     _logging(log_level)
-    # oneDNN (torch's bf16 CPU matmuls) caches a compiled kernel per input shape, 1,024 by default: with
-    # requests of every length that cache alone grew RSS by hundreds of MB. 64 kept RSS flat at the same
-    # throughput (bench/inference.py). Set before torch loads; an explicit setting wins.
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     if workers is not None:
         os.environ["PEFTSERVE_WORKERS"] = str(workers)
         get_settings.cache_clear()

@@ -57,7 +57,12 @@ class Settings(BaseSettings):
 
     # Serving
     max_loaded_adapters: int = Field(32, ge=1, le=4096, description="LRU bound on resident adapters (count)")
-    max_loaded_adapter_bytes: int = Field(1 << 30, gt=0, description="LRU bound on resident adapters (bytes)")
+    max_loaded_adapter_bytes: int = Field(
+        1 << 30,
+        gt=0,
+        description="LRU bound on resident adapters' own bytes (the per-row LoRA slots are sized by"
+        " max_loaded_adapters x the largest rank resident so far)",
+    )
     inference_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="serving precision of an unquantized base; auto: bf16 where the hardware has fast bf16"
     )

@@ -214,3 +214,27 @@ def test_buckets_cut_padding_only_where_it_pays():
     assert buckets([5, 6, 7, 8, 30, 31, 32, 200], 64) == [(0, 4), (4, 7), (7, 8)]  # 4x8+64 + 3x32+64 + 200+64
     spans = buckets(sorted(range(1, 100, 3)), 16)
     assert spans[0][0] == 0 and spans[-1][1] == 33 and all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+
+
+def test_a_caller_giving_up_does_not_stop_the_engine_and_close_is_prompt(trained):
+    import time
+
+    from app.inference.engine import _Request
+
+    _, svc = trained
+    engine = InferenceEngine(svc.registry, svc.adapters, "cpu", "none")
+    engine.predict("sent", TEXTS)
+    version = svc.adapters.resolve("sent")
+    with engine._lock:  # hold the batch thread back while a request is queued and then abandoned
+        gone = _Request(version, ["a"], None)
+        engine._queue.put(gone)
+        assert gone.future.cancel()  # what asyncio does to the future when an awaiting request is cancelled
+        kept = _Request(version, ["b"], None)
+        engine._queue.put(kept)
+    assert kept.future.result(timeout=10).shape == (1, 2)
+    assert engine.predict("sent", ["still serving"])[1].shape == (1, 2)
+    t0 = time.monotonic()
+    engine.close()
+    assert time.monotonic() - t0 < 5 and engine._thread is None
+    assert engine.predict("sent", ["after close"])[1].shape == (1, 2)  # a new batch thread starts
+    assert engine.predict("sent", [])[1].shape == (0, 2)

@@ -27,6 +27,8 @@ from app.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
+_STOP = object()  # put on the queue by close()
+
 
 @dataclass
 class _Request:
@@ -59,11 +61,12 @@ class InferenceEngine:
         self.stats = self.cache.stats  # batches, rows, loads, evictions, hits
         self.stats.update(batches=0, rows=0)
         self._lock = threading.RLock()  # models and the LRU: held by the batch thread and by (un)load calls
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
+        self._queue: queue.Queue[Any] = queue.Queue()  # _Request, or _STOP
         self._carry: list[_Request] = []  # taken from the queue but left for the next batch
         self._arriving = 0  # callers between entering predict() and queueing their requests
         self._arriving_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
 
     # ---- public ---------------------------------------------------------------------------------
     def predict(
@@ -77,6 +80,10 @@ class InferenceEngine:
         self, ref: str, texts: list[str], text_pairs: list[str | None] | None = None, field: str = "adapter"
     ) -> tuple[AdapterVersion, Future]:
         """Queue texts for the batch thread; the future gives their probabilities [n, n_labels]."""
+        if not texts:
+            version, done = self.adapters.resolve(ref, field=field), Future()
+            done.set_result(torch.empty(0, len(version.labels)))
+            return version, done
         with self._arriving_lock:
             self._arriving += 1
         try:
@@ -120,33 +127,42 @@ class InferenceEngine:
             return self.cache.memory()
 
     def close(self) -> None:
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join(timeout=10)
-            self._thread = None
+        with self._thread_lock:
+            if self._thread is not None:
+                self._queue.put(_STOP)
+                self._thread.join(timeout=30)
+                self._thread = None
 
     # ---- the batch thread -----------------------------------------------------------------------
     def _start(self) -> None:
         if self._thread is None:
-            with self._lock:
+            with self._thread_lock:
                 if self._thread is None:
                     self._thread = threading.Thread(target=self._loop, name="inference", daemon=True)
                     self._thread.start()
 
-    def _next(self, timeout: float | None) -> _Request | None:
-        if self._carry:
-            return self._carry.pop(0)
-        if timeout is None:
-            return self._queue.get()
-        try:
-            return self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
-        except queue.Empty:
-            return None
+    def _next(self, timeout: float | None) -> Any:
+        """The next request still wanted (cancelled ones are dropped), _STOP, or None when none came."""
+        while True:
+            if self._carry:
+                item = self._carry.pop(0)
+            else:
+                try:
+                    if timeout is None:
+                        item = self._queue.get()
+                    else:
+                        item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+                except queue.Empty:
+                    return None
+            # Running from here on: a caller that gives up (a cancelled await) can no longer cancel it.
+            if item is _STOP or item.future.set_running_or_notify_cancel():
+                return item
 
     def _loop(self) -> None:
         while True:
             first = self._next(None)
-            if first is None:
+            if first is _STOP:
+                self._fail_queued(RuntimeError("the inference engine is closed"))
                 return
             batch, rows = [first], len(first.texts)
             adapters = {first.version.ref}
@@ -160,7 +176,7 @@ class InferenceEngine:
                         continue
                     break
                 if (
-                    item is None
+                    item is _STOP
                     or rows + len(item.texts) > self.batch_size
                     or (item.version.ref not in adapters and len(adapters) >= self.cache.max_loaded)
                 ):
@@ -180,6 +196,15 @@ class InferenceEngine:
                     r.future.set_exception(res)
                 else:
                     r.future.set_result(res)
+
+    def _fail_queued(self, error: Exception) -> None:
+        while True:
+            try:
+                item = self._carry.pop(0) if self._carry else self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is not _STOP and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(error)
 
     def _run(self, batch: list[_Request]) -> dict[int, torch.Tensor | BaseException]:
         results: dict[int, torch.Tensor | BaseException] = {}

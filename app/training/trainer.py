@@ -199,7 +199,8 @@ class _Loop:
         loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
 
         rng = np.random.default_rng(hp.seed)
-        step, tokens, loss_sum, loss_n, loss_total = 0, 0, 0.0, 0, 0.0
+        step, tokens, loss_n, loss_total = 0, 0, 0, 0.0
+        loss_sum: Any = 0.0
         best: tuple[float, int, dict[str, float], dict[str, torch.Tensor]] | None = None
         bad_epochs = 0
         started = time.perf_counter()
@@ -211,12 +212,12 @@ class _Loop:
                 loss = loss_fn(self._forward(batch), batch["labels"])
                 loss.backward()
                 opt.step()
+                lr = sched.get_last_lr()[0]  # the rate this step used
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 step += 1
                 tokens += train.n_tokens(idx)
-                value = loss.item()
-                loss_sum, loss_n, loss_total = loss_sum + value, loss_n + 1, loss_total + value
+                loss_sum, loss_n = loss_sum + loss.detach(), loss_n + 1  # a tensor: no host sync per step
                 if step == 1:
                     self.reporter.event(
                         "First training step done", {"seconds": round(time.perf_counter() - started, 3)}
@@ -227,9 +228,10 @@ class _Loop:
                             "kind": "train",
                             "step": step,
                             "epoch": round(step / steps_per_epoch, 4),
-                            "values": {"loss": loss_sum / loss_n, "learning_rate": sched.get_last_lr()[0]},
+                            "values": {"loss": float(loss_sum) / loss_n, "learning_rate": lr},
                         }
                     )
+                    loss_total += float(loss_sum)
                     loss_sum, loss_n = 0.0, 0
                 self._flush(step, total, step / steps_per_epoch)
                 if self.stop_reason:
@@ -242,6 +244,8 @@ class _Loop:
                 else:
                     bad_epochs += 1
                 self._flush(step, total, epoch + 1.0, force=True)
+                if self.stop_reason:  # cancelled or shut down during the evaluation
+                    raise JobInterrupted(self.stop_reason)
                 if hp.early_stopping_patience and bad_epochs >= hp.early_stopping_patience and epoch + 1 < hp.epochs:
                     self.reporter.event(
                         f"Early stop after epoch {epoch + 1}: no better validation macro-F1 for {bad_epochs} epochs",
@@ -250,6 +254,7 @@ class _Loop:
                     total = step  # the run is complete: progress reads 100%
                     break
         seconds = time.perf_counter() - started
+        loss_total += float(loss_sum)  # steps after the last logged point
         self._flush(step, total, step / steps_per_epoch, force=True)
         metrics: dict[str, Any] = {
             "train_loss": round(loss_total / max(1, step), 6),  # mean over the run, as the HF Trainer reports
