@@ -22,10 +22,12 @@ def serve(
     log_level: str = typer.Option("info"),
 ) -> None:
     """Run the HTTP API and its training workers."""
-    # oneDNN (torch's bf16 CPU matmuls) caches a compiled kernel per input shape, 1,024 by default: with
-    # requests of every length that cache alone grew RSS by hundreds of MB. With 64 an in-process run kept
-    # RSS flat at the same throughput. Set before torch loads; an explicit setting wins.
+    # oneDNN (torch's bf16 CPU matmuls) and torch's ideep layer each cache compiled kernels per input shape,
+    # 1,024 by default: with requests of every length those caches grew the server's RSS by hundreds of MB
+    # and never stopped growing. With 64 each, RSS levels off (bench/inference.py). Set before torch
+    # loads; an explicit setting wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
+    os.environ.setdefault("LRU_CACHE_CAPACITY", "64")
     import uvicorn
 
     from app.config import get_settings

@@ -176,8 +176,14 @@ def main() -> None:
     # --- memory: many adapters through an LRU of 64 ------------------------------------------------
     mem = start_peftserve({**env, "PEFTSERVE_MAX_LOADED_ADAPTERS": "64"}, work / "memory.log")
     try:
-        # Warm-up: the same load over the 8 trained adapters (threads, buffers, kernel caches), no churn.
+        # Warm-up: the same load over the 8 trained adapters (threads, buffers, kernel caches), no churn,
+        # until RSS is steady (under 2 MiB more over 5 s, at most 60 s).
         load(mem.url, CLIENTS, 20, spread)
+        for _ in range(8):
+            before = mem.rss()
+            load(mem.url, CLIENTS, 5, spread)
+            if mem.rss() - before < 2 * 2**20:
+                break
         base_rss = mem.rss() - sum(r["bytes"] for r in httpx.get(mem.url + "/adapters/loaded").json())
         counter = itertools.count()
 
