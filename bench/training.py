@@ -284,9 +284,7 @@ def main() -> None:
             )
         )
     print()
-    print(
-        _table5(rows, ("rt_movie_snippets, LoRA r=8", "samples/s", "vs Trainer+dyn", "of fp32 GEMM", "acc / macro-F1"))
-    )
+    print(table(rows, ("rt_movie_snippets, LoRA r=8", "samples/s", "vs Trainer+dyn", "of fp32 GEMM", "acc / macro-F1")))
 
     # ---- quality with defaults --------------------------------------------------------------------
     print()
@@ -319,12 +317,6 @@ def main() -> None:
     print(table(qrows, ("data", "method", "accuracy", "macro-F1")))
     print()
     print(f"POST /jobs -> first training step (base loaded): {first_step_seconds(work):.2f} s (goal <= 2 s)")
-
-
-def _table5(rows, header):
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(5)]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
-    return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)])
 
 
 if __name__ == "__main__":
