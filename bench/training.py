@@ -17,7 +17,7 @@ import random
 import tempfile
 import threading
 import time
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -214,12 +214,9 @@ def first_step_seconds(work: Path) -> float:
     return _ts(first.created_at) - _ts(created)
 
 
-def _ts(value) -> float:
-    if isinstance(value, datetime):
-        return (
-            value.timestamp() if value.tzinfo else value.replace(tzinfo=__import__("datetime").timezone.utc).timestamp()
-        )
-    return float(value)
+def _ts(value: datetime) -> float:
+    """SQLite hands back naive datetimes; the store writes them in UTC."""
+    return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
 
 
 def main() -> None:

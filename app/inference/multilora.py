@@ -124,34 +124,34 @@ class SlotBank:
         self.capacity, self.rank = 0, 0
         self.free: list[int] = []
 
-    def _wrap(self, path: str) -> MultiLoRALinear:
-        layer = self.layers.get(path)
-        if layer is not None:
-            return layer
+    def _linear(self, path: str) -> tuple[nn.Module, str, nn.Linear]:
+        """The frozen Linear at `path` (relative to the model), its parent and its attribute name."""
         parent_path, _, child = path.rpartition(".")
         try:
             parent = self.model.get_submodule(parent_path) if parent_path else self.model
             target = getattr(parent, child)
         except AttributeError:
             raise UnsupportedAdapter(f"the base has no module {path}") from None
+        if isinstance(target, MultiLoRALinear):
+            target = target.base
         if not isinstance(target, nn.Linear):  # bitsandbytes' Linear4bit / Linear8bitLt are Linears too
             raise UnsupportedAdapter(f"{path} is a {type(target).__name__}, not a Linear")
-        layer = MultiLoRALinear(target, self.router, self.capacity, self.rank, self.dtype)
-        setattr(parent, child, layer)
-        self.layers[path] = layer
+        return parent, child, target
+
+    def _wrap(self, path: str) -> MultiLoRALinear:
+        layer = self.layers.get(path)
+        if layer is None:
+            parent, child, target = self._linear(path)
+            layer = MultiLoRALinear(target, self.router, self.capacity, self.rank, self.dtype)
+            setattr(parent, child, layer)
+            self.layers[path] = layer
         return layer
 
     def add(self, lora: LoraWeights) -> int:
         """Copy an adapter into a free slot; returns the slot."""
         for path, (a, b) in lora.pairs.items():  # check every module before touching any
-            base = self.layers[path].base if path in self.layers else None
-            if base is None:
-                parent, _, child = path.rpartition(".")
-                try:
-                    base = getattr(self.model.get_submodule(parent) if parent else self.model, child)
-                except AttributeError:
-                    raise UnsupportedAdapter(f"the base has no module {path}") from None
-            if not isinstance(base, nn.Linear) or (b.shape[0], a.shape[1]) != (base.out_features, base.in_features):
+            base = self._linear(path)[2]
+            if (b.shape[0], a.shape[1]) != (base.out_features, base.in_features):
                 raise UnsupportedAdapter(f"{path}: LoRA shape {tuple(b.shape[:1]) + tuple(a.shape[1:])} does not fit")
         if not self.free:
             if self.capacity >= self.max_slots:
