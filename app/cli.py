@@ -37,7 +37,12 @@ def serve(
     if workers is not None:
         os.environ["PEFTSERVE_WORKERS"] = str(workers)
         get_settings.cache_clear()
-    uvicorn.run(create_app(get_settings()), host=host, port=port, log_level=log_level)
+    try:
+        api = create_app(get_settings())
+    except RuntimeError as e:  # e.g. auth on and no key configured: refuse to start, say why
+        typer.echo(f"peftserve: {e}", err=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(api, host=host, port=port, log_level=log_level)
 
 
 @app.command()

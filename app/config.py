@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ModelSource(BaseModel):
@@ -19,6 +19,9 @@ class ModelSource(BaseModel):
 
 
 Quantization = Literal["auto", "nf4", "int8", "none"]
+
+# A list of API keys from the environment: comma-separated (a JSON list works too).
+KeyList = Annotated[list[str], NoDecode]
 
 
 class Settings(BaseSettings):
@@ -39,6 +42,14 @@ class Settings(BaseSettings):
     training_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto",
         description="training precision of an unquantized base; auto: bf16 autocast where the hardware has fast bf16",
+    )
+
+    # Access. Keys come from the environment; a key written `sha256:<hex>` is stored hashed (only its digest
+    # is configured). With auth on and no key set, the server refuses to start.
+    auth: bool = Field(True, description="require an API key on every route but /health and /ui; false: local dev only")
+    admin_api_keys: KeyList = Field(default_factory=list, description="keys allowed on every route (comma-separated)")
+    api_keys: KeyList = Field(
+        default_factory=list, description="keys allowed to predict, evaluate and read (comma-separated)"
     )
 
     # Workers
@@ -74,6 +85,28 @@ class Settings(BaseSettings):
         description="how long a batch waits for requests already arriving (an idle engine never waits)",
     )
     preload_adapters: list[str] = Field(default_factory=list, description="adapters loaded at start-up (JSON list)")
+
+    @field_validator("admin_api_keys", "api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.strip()
+            if v.startswith("["):
+                import json
+
+                return json.loads(v)
+            return [k.strip() for k in v.split(",") if k.strip()]
+        return v
+
+    @field_validator("admin_api_keys", "api_keys")
+    @classmethod
+    def _key_strength(cls, v: list[str]) -> list[str]:
+        for key in v:
+            if not key.startswith("sha256:") and len(key) < 16:
+                raise ValueError("an API key must be at least 16 characters (or given as sha256:<hex digest>)")
+            if key.startswith("sha256:") and len(key) != 7 + 64:
+                raise ValueError("a hashed API key is sha256: followed by 64 hex digits")
+        return v
 
     @field_validator("database_url")
     @classmethod

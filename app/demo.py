@@ -13,6 +13,7 @@ import io
 import json
 import os
 import random
+import secrets
 import socket
 import subprocess
 import sys
@@ -66,8 +67,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), "PEFTSERVE_WORKERS": "1"}
+def start_server(port: int, log: Path, key: str) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        "PEFTSERVE_WORKERS": "1",
+        "PEFTSERVE_ADMIN_API_KEYS": key,
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
         env=env,
@@ -91,10 +97,13 @@ def main() -> None:
     state = Path(".peftserve")
     train_path, test_path = fetch_data(state / "demo")
     port = free_port()
-    server = start_server(port, state / "demo-server.log")
+    key = secrets.token_urlsafe(24)  # auth stays on: a fresh admin key for this run
+    server = start_server(port, state / "demo-server.log", key)
     print(f"Server with 1 worker on http://127.0.0.1:{port} (log: {state / 'demo-server.log'})")
+    print(f"Admin API key for this run: {key}  (dashboard: http://127.0.0.1:{port}/ui)")
+    headers = {"Authorization": f"Bearer {key}"}
     try:
-        run(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600), train_path, test_path)
+        run(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600, headers=headers), train_path, test_path)
     finally:
         server.terminate()
         server.wait(30)

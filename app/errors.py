@@ -38,6 +38,16 @@ class AdapterUnloadable(PeftServeError):
         super().__init__(message, field)
 
 
+class Unauthorized(PeftServeError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(PeftServeError):
+    status_code = 403
+    code = "forbidden"
+
+
 class PayloadTooLarge(PeftServeError):
     status_code = 413
     code = "payload_too_large"

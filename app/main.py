@@ -6,11 +6,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app.api import errors
+from app.api.deps import method_access, use_access
 from app.api.routes import adapters, datasets, health, inference, jobs
+from app.auth import KeyRing
 from app.config import Settings, get_settings
 from app.jobs.pool import WorkerPool
 from app.service import PeftServe
@@ -20,6 +22,8 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    keys = KeyRing.from_settings(settings)
+    keys.check_startable()  # auth on and no key: refuse to start rather than serve an open API
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -42,7 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
+    app.state.keys = keys
     errors.install(app)
-    for module in (health, datasets, jobs, adapters, inference):
-        app.include_router(module.router)
+    app.include_router(health.router)  # open: liveness for load balancers
+    for module in (datasets, jobs, adapters):
+        app.include_router(module.router, dependencies=[Depends(method_access)])
+    app.include_router(inference.router, dependencies=[Depends(use_access)])
     return app

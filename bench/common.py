@@ -76,7 +76,13 @@ class Server:
         self._log.close()
 
 
+# The admin key every bench server is started with, and the header its clients send.
+BENCH_KEY = "bench-admin-key-0123456789"
+AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
+
+
 def start_peftserve(env: dict[str, str], log: Path) -> Server:
+    env = {"PEFTSERVE_ADMIN_API_KEYS": BENCH_KEY, **env}
     argv = [sys.executable, "-m", "app.cli", "serve", "--port", "$PORT", "--workers", "0", "--log-level", "warning"]
     server = Server(argv, env, log)
     server.wait()
@@ -87,7 +93,8 @@ async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path
     """One HTTP/1.1 keep-alive POST. A bare client: httpx would spend more CPU than the server it measures."""
     data = json.dumps(body).encode()
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
+        f"Authorization: {AUTH['Authorization']}\r\n\r\n"
     )
     writer.write(head.encode() + data)
     status = int((await reader.readline()).split()[1])

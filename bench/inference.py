@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from app.models.loading import resolve_dtype
-from bench.common import Server, load, pct, rt_rows, start_peftserve, table
+from bench.common import AUTH, Server, load, pct, rt_rows, start_peftserve, table
 
 SHORT = "A warm, funny and beautifully acted film."
 N_ADAPTERS, CLIENTS = 8, 32
@@ -142,7 +142,7 @@ def main() -> None:
             raw_p50.append(timed_p50(lambda: raw(SHORT), 100))
         results["lat_http"], results["lat_raw"] = pct(http_p50, 50), pct(raw_p50, 50)
         cold = []
-        with httpx.Client(base_url=ours.url, timeout=60) as client:
+        with httpx.Client(base_url=ours.url, timeout=60, headers=AUTH) as client:
             for i in range(20):
                 body = {"adapter": f"cold{i}", "inputs": SHORT}
                 t0 = time.perf_counter()
@@ -184,7 +184,7 @@ def main() -> None:
             load(mem.url, CLIENTS, 5, spread)
             if mem.rss() - before < 2 * 2**20:
                 break
-        base_rss = mem.rss() - sum(r["bytes"] for r in httpx.get(mem.url + "/adapters/loaded").json())
+        base_rss = mem.rss() - sum(r["bytes"] for r in httpx.get(mem.url + "/adapters/loaded", headers=AUTH).json())
         counter = itertools.count()
 
         def cycle(c: int, i: int) -> dict:
@@ -195,7 +195,7 @@ def main() -> None:
             run = load(mem.url, CLIENTS, 600, cycle, total=args.adapters)
             samples.append(mem.rss())
             assert run["errors"] == 0, run
-        loaded = httpx.get(mem.url + "/adapters/loaded").json()
+        loaded = httpx.get(mem.url + "/adapters/loaded", headers=AUTH).json()
         resident = sum(r["bytes"] for r in loaded)
         print(
             f"  memory: base {base_rss / 2**20:.1f} MiB, RSS after each pass {[round(s / 2**20, 1) for s in samples]}"

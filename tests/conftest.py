@@ -10,6 +10,18 @@ from tests.tiny import build_bert, build_llama
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# API keys every test server is configured with (auth is on by default; see app/auth.py).
+ADMIN_KEY = "test-admin-key-0123456789"
+USER_KEY = "test-user-key-0123456789"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
+USER_HEADERS = {"Authorization": f"Bearer {USER_KEY}"}
+
+
+def auth_env() -> dict[str, str]:
+    """Environment giving a server subprocess the test keys."""
+    return {"PEFTSERVE_ADMIN_API_KEYS": ADMIN_KEY, "PEFTSERVE_API_KEYS": USER_KEY}
+
+
 SHARED_DATA = Path(os.environ.get("PEFTSERVE_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
@@ -31,6 +43,8 @@ def make_settings(root: Path, tiny_models: dict[str, Path], **overrides):
         heartbeat_interval=0.5,
         inference_dtype="float32",  # exact comparisons with plain peft; bf16 serving has its own test
         training_dtype="float32",  # the same on every machine; bf16 training has its own test
+        admin_api_keys=[ADMIN_KEY],
+        api_keys=[USER_KEY],
     )
     values.update(overrides)
     return Settings(_env_file=None, **values)

@@ -7,6 +7,7 @@ from fastapi.testclient import TestClient
 
 from app.jobs.worker import Worker
 from app.main import create_app
+from tests.conftest import ADMIN_HEADERS
 from tests.tiny import toy_sentiment, toy_topic
 
 HP = {
@@ -20,7 +21,7 @@ HP = {
 
 @pytest.fixture
 def client(settings):
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as c:
         c.settings = settings
         yield c
 
@@ -254,7 +255,7 @@ def test_bad_inference_requests(client):
 def test_upload_limit(tmp_path, tiny_models):
     from tests.conftest import make_settings
 
-    with TestClient(create_app(make_settings(tmp_path, tiny_models, max_upload_bytes=100))) as c:
+    with TestClient(create_app(make_settings(tmp_path, tiny_models, max_upload_bytes=100)), headers=ADMIN_HEADERS) as c:
         r = c.post("/datasets", files={"file": ("d.jsonl", b'{"text": "aaaa", "label": "x"}\n' * 10)})
         assert_error(r, 413, "file")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import ADMIN_HEADERS, auth_env
 from tests.tiny import toy_sentiment
 
 pytestmark = pytest.mark.e2e
@@ -31,6 +32,7 @@ class Server:
         self.env = {
             **os.environ,
             "HF_HUB_OFFLINE": "1",
+            **auth_env(),
             "PEFTSERVE_WORKERS": str(workers),
             "PEFTSERVE_POLL_INTERVAL": "0.2",
             # fp32 on every machine (tiny models): bf16 is covered by unit and integration tests
@@ -92,7 +94,7 @@ def server(tmp_path, tiny_models):
 
 def test_train_predict_evaluate_and_survive_a_restart(server):
     server.start()
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN_HEADERS) as c:
         job = post_job(
             c,
             {
@@ -130,7 +132,7 @@ def test_train_predict_evaluate_and_survive_a_restart(server):
 
     server.stop()
     server.start()
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN_HEADERS) as c:
         again = c.get(f"/jobs/{job_id}").json()
         assert again["status"] == "succeeded" and again["result"] == done["result"]
         assert c.get(f"/jobs/{job_id}/metrics").json() == metrics
@@ -143,7 +145,7 @@ def test_train_predict_evaluate_and_survive_a_restart(server):
 
 def test_a_job_running_at_shutdown_is_requeued_and_finishes_after_restart(server):
     server.start()
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN_HEADERS) as c:
         job_id = post_job(
             c,
             {
@@ -162,7 +164,7 @@ def test_a_job_running_at_shutdown_is_requeued_and_finishes_after_restart(server
             time.sleep(0.1)
     server.stop()
     server.start()
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN_HEADERS) as c:
         events = [e["message"] for e in c.get(f"/jobs/{job_id}/events", params={"limit": 500}).json()["data"]]
         assert any("Returned to the queue" in m for m in events), events
         done = server.wait_job(c, job_id)
@@ -172,7 +174,7 @@ def test_a_job_running_at_shutdown_is_requeued_and_finishes_after_restart(server
 def test_standalone_worker_and_cancel(tmp_path, tiny_models):
     srv = Server(tmp_path, tiny_models, workers=0).start()
     try:
-        with httpx.Client(base_url=srv.url, timeout=60) as c:
+        with httpx.Client(base_url=srv.url, timeout=60, headers=ADMIN_HEADERS) as c:
             quick = post_job(
                 c,
                 {
@@ -229,7 +231,7 @@ def test_standalone_worker_and_cancel(tmp_path, tiny_models):
 
 def test_workers_do_not_outlive_a_killed_server(server):
     server.start()
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN_HEADERS) as c:
         job_id = post_job(
             c,
             {
@@ -253,7 +255,7 @@ def test_workers_do_not_outlive_a_killed_server(server):
         time.sleep(0.2)
     assert not any(Path(f"/proc/{pid}").exists() for pid in children)
     server.start()  # the orphaned worker put its job back before exiting; the new worker runs it
-    with httpx.Client(base_url=server.url, timeout=60) as c:
+    with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN_HEADERS) as c:
         events = [e["message"] for e in c.get(f"/jobs/{job_id}/events", params={"limit": 500}).json()["data"]]
         assert any("Returned to the queue" in m for m in events), events
         assert c.post(f"/jobs/{job_id}/cancel").status_code == 200
@@ -270,7 +272,7 @@ def test_a_worker_that_dies_is_restarted_by_the_server(server):
             break
         time.sleep(0.2)
     assert children and worker not in children, children
-    with httpx.Client(base_url=server.url, timeout=60) as c:  # and the new worker trains
+    with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN_HEADERS) as c:  # and the new worker trains
         job = post_job(
             c, {"adapter": "after", "train": {"records": toy_sentiment(40)}, "hyperparameters": {"epochs": 1}}
         )

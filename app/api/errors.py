@@ -15,7 +15,10 @@ log = logging.getLogger(__name__)
 
 
 def envelope(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status, content={"error": {"code": code, "message": message, "field": field}})
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(
+        status_code=status, content={"error": {"code": code, "message": message, "field": field}}, headers=headers
+    )
 
 
 # pydantic puts a union member's type in the location ("str", "list[str]", "function-after[...]", a model
