@@ -1,8 +1,11 @@
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServiceDep
+from app.jobs import events as sse
 from app.jobs.models import JobStatus
 from app.schemas import EventPublic, EventsPublic, JobCreate, JobMetrics, JobPublic, JobsPublic
 
@@ -46,16 +49,34 @@ def job_metrics(*, svc: ServiceDep, job_id: str) -> JobMetrics:
     return svc.job_metrics(job_id)
 
 
-@router.get("/{job_id}/events")
-def job_events(
+_STREAM_DOC = {
+    "description": "`stream=true` (or `Accept: text/event-stream`): a Server-Sent Events stream, one message per"
+    " event (`id: <event id>`, `event: message|metrics`, `data: <EventPublic JSON>`), a `: keep-alive` comment"
+    ' every ~15 s, and a last `event: end` with `data: {"job_id", "status"}` once the job has ended and'
+    " every event is sent.",
+    "content": {sse.MEDIA_TYPE: {"schema": {"type": "string"}}},
+}
+
+
+@router.get("/{job_id}/events", response_model=EventsPublic, responses={200: _STREAM_DOC})
+async def job_events(
     *,
     svc: ServiceDep,
     job_id: str,
     after: Annotated[int, Query(ge=0, le=2**63 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-) -> EventsPublic:
-    """The job's events in order; page with `after` = the last event id seen."""
-    events = svc.store.events(job_id, after, limit + 1)
+    stream: Annotated[
+        bool, Query(description="live Server-Sent Events until the job ends (`Last-Event-ID` resumes)")
+    ] = False,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+    last_event_id: Annotated[int | None, Header(ge=0, le=2**63 - 1)] = None,
+) -> Any:
+    """The job's events in order; page with `after` = the last event id seen, or follow them live (`stream`)."""
+    if stream or sse.MEDIA_TYPE in (accept or ""):
+        await run_in_threadpool(svc.store.get_job, job_id)  # 404 before the stream starts
+        events = sse.job_event_stream(svc.store, job_id, sse.resume_after(after, last_event_id))
+        return StreamingResponse(events, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
+    events = await run_in_threadpool(svc.store.events, job_id, after, limit + 1)
     return EventsPublic(
         data=[EventPublic.model_validate(e, from_attributes=True) for e in events[:limit]], has_more=len(events) > limit
     )
