@@ -115,6 +115,8 @@ class AdapterStore:
     def commit(self, staging: Path, name: str, meta: dict[str, Any]) -> AdapterVersion:
         """Move a fully written staging folder into place as the next version of `name`.
 
+        Idempotent per job: a version already saved for `meta["job_id"]` is returned instead of a second one.
+
         Version numbers only ever grow (the last one issued is kept in `.last_version`), so a pinned
         `name@vN` never comes to mean another model after a delete.
         """
@@ -129,6 +131,12 @@ class AdapterStore:
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
         with self._locked(name) as folder:
+            if meta.get("job_id"):  # a job retried after saving (worker killed before recording it): once only
+                for v in self._versions(name):
+                    done = self._load(name, v)
+                    if done.meta.get("job_id") == meta["job_id"]:
+                        self.discard(staging)
+                        return done
             counter = folder / LAST_VERSION
             last = int(counter.read_text()) if counter.exists() else 0
             version = max(last, *self._versions(name), 0) + 1

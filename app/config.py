@@ -57,7 +57,10 @@ class Settings(BaseSettings):
     poll_interval: float = Field(0.5, gt=0, le=60)
     heartbeat_interval: float = Field(5.0, gt=0)
     lease_seconds: float = Field(60.0, gt=0, description="a running job whose heartbeat is older is requeued")
-    max_attempts: int = Field(3, ge=1, le=100)
+    max_attempts: int = Field(3, ge=1, le=100, description="runs of a job before a lost worker fails it")
+    checkpoint_steps: int = Field(
+        100, ge=1, description="a running job checkpoints every this many steps (and at each epoch's end)"
+    )
 
     # Input limits
     max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0)
@@ -128,11 +131,15 @@ class Settings(BaseSettings):
         return self.data_dir / "datasets"
 
     @property
+    def checkpoints_dir(self) -> Path:
+        return self.data_dir / "checkpoints"
+
+    @property
     def model_cache_dir(self) -> Path:
         return self.data_dir / "models"
 
     def ensure_dirs(self) -> None:
-        for d in (self.data_dir, self.datasets_dir, self.model_cache_dir, self.adapters_dir):
+        for d in (self.data_dir, self.datasets_dir, self.checkpoints_dir, self.model_cache_dir, self.adapters_dir):
             d.mkdir(parents=True, exist_ok=True)
 
 

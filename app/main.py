@@ -11,10 +11,11 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import errors
 from app.api.deps import method_access, use_access
-from app.api.routes import adapters, datasets, health, inference, jobs
+from app.api.routes import adapters, datasets, health, inference, jobs, ui
 from app.auth import KeyRing
 from app.config import Settings, get_settings
 from app.jobs.pool import WorkerPool
+from app.schemas import ERROR_RESPONSES
 from app.service import PeftServe
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = service
         if settings.preload_adapters:
             await run_in_threadpool(service.engine.preload, settings.preload_adapters)
-        pool = WorkerPool(settings, settings.workers)
+        pool = WorkerPool(settings, settings.workers, service.store)
         if settings.workers:
             pool.start()
         try:
@@ -49,7 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.keys = keys
     errors.install(app)
     app.include_router(health.router)  # open: liveness for load balancers
+    ui.install(app)  # open: the static dashboard at /ui/ (it sends the user's key on each API call)
     for module in (datasets, jobs, adapters):
-        app.include_router(module.router, dependencies=[Depends(method_access)])
-    app.include_router(inference.router, dependencies=[Depends(use_access)])
+        app.include_router(module.router, dependencies=[Depends(method_access)], responses=ERROR_RESPONSES)
+    app.include_router(inference.router, dependencies=[Depends(use_access)], responses=ERROR_RESPONSES)
     return app

@@ -168,7 +168,9 @@ def test_a_job_running_at_shutdown_is_requeued_and_finishes_after_restart(server
         events = [e["message"] for e in c.get(f"/jobs/{job_id}/events", params={"limit": 500}).json()["data"]]
         assert any("Returned to the queue" in m for m in events), events
         done = server.wait_job(c, job_id)
-        assert done["status"] == "succeeded" and done["attempts"] == 2
+        assert done["status"] == "succeeded" and done["attempts"] == 1  # a shutdown does not use up an attempt
+        resumed = done["result"]["metrics"]["resumed_from_steps"]
+        assert len(resumed) == 1 and resumed[0] >= 2, resumed  # went on from its checkpoint, not from step 0
 
 
 def test_standalone_worker_and_cancel(tmp_path, tiny_models):

@@ -98,13 +98,25 @@ def test_stale_jobs_requeue_then_fail(store):
     time.sleep(0.05)
     assert store.requeue_stale(0.01, max_attempts=2) == [job.id]
     assert store.get_job(job.id).status == "queued"
-    assert store.metrics(job.id) == []  # the abandoned attempt's points are gone
+    assert len(store.metrics(job.id)) == 1  # kept: the next run resumes from its checkpoint and rewinds them
     assert store.requeue_stale(0.01, max_attempts=2) == []  # queued jobs are not touched
     store.claim_next("w2")
     time.sleep(0.05)
     store.requeue_stale(0.01, max_attempts=2)
     failed = store.get_job(job.id)
     assert failed.status == "failed" and failed.error_code == "worker_lost"
+
+
+def test_a_dead_workers_jobs_are_released_at_once(store):
+    a, b = make(store, 2)
+    store.claim_next("host:1")
+    store.claim_next("host:2")
+    assert store.release_worker("host:1", max_attempts=3) == [a.id]  # no lease wait
+    assert store.get_job(a.id).status == "queued" and store.get_job(b.id).status == "running"
+    assert store.release_worker("host:1", max_attempts=3) == []
+    store.claim_next("host:3")
+    assert store.release_worker("host:3", max_attempts=2) == [a.id]
+    assert store.get_job(a.id).error_code == "worker_lost"  # second loss at max_attempts=2: failed
 
 
 def test_metrics_and_events_persist(tmp_path):

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
 
 from app.config import Settings
+from app.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +28,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 class WorkerPool:
-    def __init__(self, settings: Settings, count: int):
+    """Starts the workers, and restarts one that dies; a dead worker's job is requeued at once (it resumes
+    from its last checkpoint in the next free worker) rather than when its lease runs out."""
+
+    def __init__(self, settings: Settings, count: int, store: JobStore):
         self.settings = settings
+        self.store = store
         self.count = count
         self.procs: list[subprocess.Popen] = []
         self.restarts = 0
@@ -48,6 +54,14 @@ class WorkerPool:
             for i, proc in enumerate(self.procs):
                 if proc.poll() is not None and not self._stop.is_set():
                     log.warning("worker %d exited with %s; restarting it", proc.pid, proc.returncode)
+                    try:
+                        lost = self.store.release_worker(
+                            f"{socket.gethostname()}:{proc.pid}", self.settings.max_attempts
+                        )
+                        if lost:
+                            log.warning("requeued the jobs of worker %d: %s", proc.pid, lost)
+                    except Exception:  # noqa: BLE001 - the lease sweep recovers them later
+                        log.warning("could not requeue the jobs of worker %d", proc.pid, exc_info=True)
                     self.procs[i] = self._spawn()
                     self.restarts += 1
 

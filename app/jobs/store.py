@@ -172,27 +172,33 @@ class JobStore:
             s.add(JobEvent(job_id=job_id, level=level, message=message))
 
     def requeue(self, job_id: str, worker_id: str, reason: str) -> None:
-        """Give a running job back to the queue (worker shutdown); it restarts from the beginning."""
+        """Give a running job back to the queue (worker shutdown). It resumes from its last checkpoint, and the
+        interrupted run does not count as an attempt."""
         with self.session() as s:
             done = s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value)
-                .values(status=JobStatus.queued.value, worker_id=None, step=0, total_steps=0, epoch=0.0)
+                .values(status=JobStatus.queued.value, worker_id=None, attempts=Job.attempts - 1)
             ).rowcount
             if done:
-                _forget_attempt(s, job_id)
                 s.add(JobEvent(job_id=job_id, level="warning", message=f"Returned to the queue: {reason}"))
 
     def requeue_stale(self, lease_seconds: float, max_attempts: int) -> list[str]:
-        """Jobs whose worker stopped heart-beating go back to the queue, or fail after max_attempts.
-
-        Each change is a guarded UPDATE (still running, still stale), so a job that finished or was
-        renewed meanwhile is left alone.
-        """
+        """Jobs whose worker stopped heart-beating go back to the queue, or fail after max_attempts."""
         cutoff = utcnow() - timedelta(seconds=lease_seconds)
-        stale = (Job.status == JobStatus.running.value) & (Job.heartbeat_at < cutoff)
+        return self._recover((Job.status == JobStatus.running.value) & (Job.heartbeat_at < cutoff), max_attempts)
+
+    def release_worker(self, worker_id: str, max_attempts: int) -> list[str]:
+        """The jobs of a worker known to be dead (its process exited): recovered now, without waiting for
+        the lease to run out."""
+        return self._recover((Job.status == JobStatus.running.value) & (Job.worker_id == worker_id), max_attempts)
+
+    def _recover(self, lost: Any, max_attempts: int) -> list[str]:
+        """Lost jobs go back to the queue (resuming from their last checkpoint), or fail after max_attempts,
+        or end cancelled if that was asked. Each change is a guarded UPDATE (still matching `lost`), so a
+        job that finished or was renewed meanwhile is left alone."""
         with self.session() as s:
-            candidates = list(s.execute(select(Job.id, Job.attempts, Job.cancel_requested).where(stale)))
+            candidates = list(s.execute(select(Job.id, Job.attempts, Job.cancel_requested).where(lost)))
         changed = []
         for job_id, attempts, cancel in candidates:
             if cancel:
@@ -208,18 +214,11 @@ class JobStore:
                 }
                 level = "error"
             else:
-                values = {
-                    "status": JobStatus.queued.value,
-                    "worker_id": None,
-                    "step": 0,
-                    "total_steps": 0,
-                    "epoch": 0.0,
-                }
-                level, message = "warning", "Worker lost; job requeued"
+                values = {"status": JobStatus.queued.value, "worker_id": None}
+                level = "warning"
+                message = f"Worker lost (attempt {attempts} of {max_attempts}); requeued to resume from its checkpoint"
             with self.session() as s:
-                if s.execute(update(Job).where(Job.id == job_id, stale).values(**values)).rowcount:
-                    if values["status"] == JobStatus.queued.value:
-                        _forget_attempt(s, job_id)
+                if s.execute(update(Job).where(Job.id == job_id, lost).values(**values)).rowcount:
                     s.add(JobEvent(job_id=job_id, level=level, message=message))
                     changed.append(job_id)
         return changed
@@ -247,6 +246,11 @@ class JobStore:
                 MetricPoint(job_id=job_id, kind=p["kind"], step=p["step"], epoch=p["epoch"], values=p["values"])
                 for p in points
             )
+
+    def truncate_metrics(self, job_id: str, after_step: int) -> None:
+        """Drop metric points past `after_step`: a run resuming there logs them again."""
+        with self.session() as s:
+            s.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id, MetricPoint.step > after_step))
 
     def metrics(self, job_id: str) -> list[MetricPoint]:
         self.get_job(job_id)
@@ -290,8 +294,3 @@ class JobStore:
         if row is None:
             raise NotFound(f"no dataset {dataset_id!r}", field=field)
         return row
-
-
-def _forget_attempt(s: Session, job_id: str) -> None:
-    """A restarted job trains from step 0: drop the abandoned attempt's metric points."""
-    s.execute(delete(MetricPoint).where(MetricPoint.job_id == job_id))

@@ -21,6 +21,7 @@ from app.errors import JobInterrupted, TrainingError
 from app.jobs.models import Job, JobStatus
 from app.jobs.store import JobStore
 from app.models.loading import LoadedBase, load_base, resolve_dtype
+from app.training.checkpoint import Checkpoints
 from app.training.config import Hyperparameters
 from app.training.data import split_validation
 
@@ -68,6 +69,9 @@ class Worker(Core):
         staging: Path | None = None
         beat = _Heartbeat(self.store, job.id, self.worker_id, self.settings.heartbeat_interval)
         reporter = _JobReporter(self.store, job.id, self.worker_id, self.stopping, beat)
+        # Job ids are ours ("job_" + hex), so the folder stays under checkpoints_dir.
+        checkpoints = Checkpoints(self.settings.checkpoints_dir / job.id, self.settings.checkpoint_steps)
+        keep_checkpoint = False
         try:
             beat.start()
             hp = Hyperparameters(**job.hyperparameters)
@@ -93,9 +97,11 @@ class Worker(Core):
                 staging,
                 reporter,
                 gradient_checkpointing=self.settings.gradient_checkpointing,
+                checkpoints=checkpoints,
             )
             if not self.store.owns(job.id, self.worker_id):  # lease lost meanwhile: another worker has it
                 log.warning("job %s is no longer ours; dropping its result", job.id)
+                keep_checkpoint = True
                 return
             version = self.adapters.commit(
                 staging,
@@ -123,7 +129,8 @@ class Worker(Core):
             if e.reason == "cancelled":
                 self.store.finish(job.id, self.worker_id, JobStatus.cancelled, message="Cancelled")
             else:
-                self.store.requeue(job.id, self.worker_id, "worker shut down")
+                keep_checkpoint = True
+                self.store.requeue(job.id, self.worker_id, "worker shut down; resumes from its checkpoint")
         except TrainingError as e:
             self.base = None  # a failed set-up may have left the shared base half-wrapped: reload it next time
             self.store.finish(
@@ -140,6 +147,8 @@ class Worker(Core):
             beat.stop()
             if staging is not None:
                 self.adapters.discard(staging)
+            if not keep_checkpoint:  # the job ended (saved, failed or cancelled): nothing to resume
+                checkpoints.clear()
 
     def _base(self, name: str, reporter: _JobReporter) -> LoadedBase:
         if self.base is None or self.base.name != name:
@@ -194,3 +203,6 @@ class _JobReporter:
 
     def event(self, message: str, data: dict | None = None) -> None:
         self.store.add_event(self.job_id, message, data=data)
+
+    def rewind(self, step: int) -> None:
+        self.store.truncate_metrics(self.job_id, step)

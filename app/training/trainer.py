@@ -19,6 +19,7 @@ import torch
 
 from app.errors import JobInterrupted, TrainingError
 from app.models.loading import LoadedBase, new_head
+from app.training.checkpoint import Checkpoints
 from app.training.config import Hyperparameters
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,10 @@ class Reporter(Protocol):
         """Record metric points {kind: train|eval, step, epoch, values}."""
 
     def event(self, message: str, data: dict | None = None) -> None: ...
+
+    def rewind(self, step: int) -> None:
+        """Forget metric points after `step` (a run resuming from a checkpoint there; 0: starting over).
+        Called only when training with checkpoints."""
 
 
 @dataclass
@@ -59,6 +64,7 @@ def train_adapter(
     out_dir: Path,
     reporter: Reporter,
     gradient_checkpointing: bool = False,
+    checkpoints: Checkpoints | None = None,
 ) -> TrainResult:
     from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
@@ -88,7 +94,7 @@ def train_adapter(
             "invalid_hyperparameters", f"LoRA set-up failed for target_modules={hp.target_modules}: {e}"
         ) from e
     try:
-        return _Loop(base, model, labels, hp, reporter).run(train_rows, val_rows, out_dir)
+        return _Loop(base, model, labels, hp, reporter).run(train_rows, val_rows, out_dir, checkpoints)
     finally:
         # Take LoRA layers and the head wrapper off again: the shared base is clean for the next job.
         base.model = model.unload()
@@ -169,7 +175,9 @@ class _Loop:
         with torch.autocast(device_type=self.base.device, dtype=torch.bfloat16, enabled=self.autocast):
             return self.model(**inputs).logits.float()
 
-    def run(self, train_rows: list[dict], val_rows: list[dict], out_dir: Path) -> TrainResult:
+    def run(
+        self, train_rows: list[dict], val_rows: list[dict], out_dir: Path, checkpoints: Checkpoints | None = None
+    ) -> TrainResult:
         hp = self.hp
         label_ids = {label: i for i, label in enumerate(self.labels)}
         max_length = self.base.max_tokens(hp.max_length)
@@ -198,16 +206,63 @@ class _Loop:
             weight = weight.to(self.base.device)
         loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
 
-        rng = np.random.default_rng(hp.seed)
-        step, tokens, loss_n, loss_total = 0, 0, 0, 0.0
+        # The run's state: all of it goes into a checkpoint, so a resumed run continues the same run.
+        rng = np.random.default_rng(hp.seed)  # shuffling
+        run: dict[str, Any] = {
+            "step": 0,
+            "epoch": 0,  # the epoch in progress
+            "batch": 0,  # the next batch of that epoch
+            "epoch_rng": rng.bit_generator.state,  # the shuffling RNG at that epoch's start
+            "tokens": 0,
+            "loss_total": 0.0,
+            "best": None,  # (macro-F1, step, metric values, weights) of the best evaluation so far
+            "bad_epochs": 0,
+            "seconds": 0.0,
+            "resumed_from": [],
+        }
         loss_sum: Any = 0.0
-        best: tuple[float, int, dict[str, float], dict[str, torch.Tensor]] | None = None
-        bad_epochs = 0
+        loss_n = 0
+        fingerprint = self._fingerprint(len(train), len(val) if val is not None else 0)
+        saved = checkpoints.load(fingerprint) if checkpoints else None
+        if checkpoints is not None:  # points logged after the checkpoint (or by an attempt without one) go
+            self.reporter.rewind(saved["step"] if saved else 0)
+        if saved is not None:
+            run = self._restore(saved, opt, sched)
+            loss_sum, loss_n = saved["loss_sum"], saved["loss_n"]
+            run["resumed_from"] = [*run["resumed_from"], run["step"]]
+            self.reporter.event(
+                f"Resumed from the checkpoint at step {run['step']} (epoch {run['epoch'] + 1}, batch {run['batch']})",
+                {"step": run["step"]},
+            )
+
+        def checkpoint() -> None:
+            if checkpoints is None:
+                return
+            self._flush(run["step"], total, run["step"] / steps_per_epoch, force=True)  # store has every point
+            checkpoints.save(
+                {
+                    **run,
+                    "seconds": run["seconds"] + time.perf_counter() - started,
+                    "loss_sum": float(loss_sum),
+                    "loss_n": loss_n,
+                    "fingerprint": fingerprint,
+                    "weights": self._state(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                }
+            )
+
         started = time.perf_counter()
-        self.reporter.progress(0, total, 0.0)
-        for epoch in range(hp.epochs):
+        self.reporter.progress(run["step"], total, run["step"] / steps_per_epoch)
+        for epoch in range(run["epoch"], hp.epochs):
             self.model.train()
-            for idx in length_grouped_batches(lengths, hp.batch_size, rng):
+            if run["epoch"] != epoch:  # a new epoch: note where its shuffle starts
+                run.update(epoch=epoch, batch=0, epoch_rng=rng.bit_generator.state)
+            rng.bit_generator.state = run["epoch_rng"]
+            batches = length_grouped_batches(lengths, hp.batch_size, rng)
+            for b in range(run["batch"], len(batches)):
+                idx = batches[b]
                 batch = collate(train, idx, self.pad_id, self.base.device)
                 loss = loss_fn(self._forward(batch), batch["labels"])
                 loss.backward()
@@ -215,8 +270,9 @@ class _Loop:
                 lr = sched.get_last_lr()[0]  # the rate this step used
                 sched.step()
                 opt.zero_grad(set_to_none=True)
-                step += 1
-                tokens += train.n_tokens(idx)
+                step = run["step"] = run["step"] + 1
+                run["batch"] = b + 1
+                run["tokens"] += train.n_tokens(idx)
                 loss_sum, loss_n = loss_sum + loss.detach(), loss_n + 1  # a tensor: no host sync per step
                 if step == 1:
                     self.reporter.event(
@@ -231,47 +287,82 @@ class _Loop:
                             "values": {"loss": float(loss_sum) / loss_n, "learning_rate": lr},
                         }
                     )
-                    loss_total += float(loss_sum)
+                    run["loss_total"] += float(loss_sum)
                     loss_sum, loss_n = 0.0, 0
                 self._flush(step, total, step / steps_per_epoch)
+                if self.stop_reason == "shutdown" or (checkpoints and step % checkpoints.every_steps == 0):
+                    checkpoint()
                 if self.stop_reason:
                     raise JobInterrupted(self.stop_reason)
+            step = run["step"]
+            stop_early = False
             if val is not None:
                 values = self.evaluate(val, loss_fn)
                 self.pending.append({"kind": "eval", "step": step, "epoch": float(epoch + 1), "values": values})
+                best = run["best"]
                 if best is None or values["f1_macro"] > best[0]:
-                    best, bad_epochs = (values["f1_macro"], step, values, self._state()), 0
+                    run["best"], run["bad_epochs"] = (values["f1_macro"], step, values, self._state()), 0
                 else:
-                    bad_epochs += 1
+                    run["bad_epochs"] += 1
                 self._flush(step, total, epoch + 1.0, force=True)
-                if self.stop_reason:  # cancelled or shut down during the evaluation
-                    raise JobInterrupted(self.stop_reason)
-                if hp.early_stopping_patience and bad_epochs >= hp.early_stopping_patience and epoch + 1 < hp.epochs:
-                    self.reporter.event(
-                        f"Early stop after epoch {epoch + 1}: no better validation macro-F1 for {bad_epochs} epochs",
-                        {"best_step": best[1]},
-                    )
-                    total = step  # the run is complete: progress reads 100%
-                    break
-        seconds = time.perf_counter() - started
-        loss_total += float(loss_sum)  # steps after the last logged point
+                stop_early = bool(
+                    hp.early_stopping_patience
+                    and run["bad_epochs"] >= hp.early_stopping_patience
+                    and epoch + 1 < hp.epochs
+                )
+            if not stop_early and epoch + 1 < hp.epochs:  # epoch boundary: the next one starts from here
+                run.update(epoch=epoch + 1, batch=0, epoch_rng=rng.bit_generator.state)
+                checkpoint()
+            if self.stop_reason:  # cancelled or shut down during the evaluation
+                raise JobInterrupted(self.stop_reason)
+            if stop_early:
+                self.reporter.event(
+                    f"Early stop after epoch {epoch + 1}: no better validation macro-F1 for {run['bad_epochs']} epochs",
+                    {"best_step": run["best"][1]},
+                )
+                total = step  # the run is complete: progress reads 100%
+                break
+        step = run["step"]
+        seconds = run["seconds"] + time.perf_counter() - started
+        run["loss_total"] += float(loss_sum)  # steps after the last logged point
         self._flush(step, total, step / steps_per_epoch, force=True)
         metrics: dict[str, Any] = {
-            "train_loss": round(loss_total / max(1, step), 6),  # mean over the run, as the HF Trainer reports
+            "train_loss": round(run["loss_total"] / max(1, step), 6),  # mean over the run, as the HF Trainer has it
             "train_seconds": round(seconds, 3),
             "train_samples_per_second": round(len(train) * (step / steps_per_epoch) / seconds, 3),
-            "train_tokens": tokens,
+            "train_tokens": run["tokens"],
             "n_train": len(train),
             "n_validation": len(val) if val is not None else 0,
             "steps": step,
             "precision": "bf16" if self.autocast else "fp32",
+            "resumed_from_steps": run["resumed_from"],
         }
+        best = run["best"]
         if best is not None:  # the weights we save are those of the best validation epoch
             self.model.load_state_dict(best[3], strict=False)
             metrics.update({k: round(v, 6) for k, v in best[2].items()})
             metrics["best_step"] = best[1]
         self.model.save_pretrained(str(out_dir), safe_serialization=True)
         return TrainResult(metrics=metrics, labels=self.labels, best_step=best[1] if best else None)
+
+    def _fingerprint(self, n_train: int, n_val: int) -> str:
+        """What a checkpoint must match to be resumed: the same base, data sizes, labels and hyperparameters."""
+        import hashlib
+        import json
+
+        key = {"base": self.base.name, "labels": self.labels, "n": [n_train, n_val], "hp": self.hp.model_dump()}
+        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+    def _restore(self, saved: dict[str, Any], opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
+        missing = set(self._state()) - set(saved["weights"])
+        if missing:
+            raise TrainingError("checkpoint_mismatch", f"checkpoint lacks {len(missing)} trainable weights")
+        self.model.load_state_dict(saved["weights"], strict=False)
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        keys = ("step", "epoch", "batch", "epoch_rng", "tokens", "loss_total", "best", "bad_epochs", "seconds")
+        return {k: saved[k] for k in keys} | {"resumed_from": list(saved["resumed_from"])}
 
     @torch.no_grad()
     def evaluate(self, data: _Encoded, loss_fn: torch.nn.Module) -> dict[str, float]:

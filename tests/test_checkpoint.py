@@ -1,0 +1,98 @@
+"""Checkpoints: a job stopped mid-run resumes where it stopped and ends with the very weights of a run
+that was never stopped; the store and the adapter store stay consistent through requeues."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+from safetensors.torch import load_file
+
+from app.jobs.worker import Worker
+from app.service import PeftServe
+from app.training.checkpoint import Checkpoints
+from tests.conftest import make_settings, submit
+from tests.tiny import toy_sentiment
+
+HP = {"epochs": 4, "batch_size": 4, "learning_rate": 5e-3}
+
+
+def weights(svc: PeftServe, ref: str) -> dict[str, torch.Tensor]:
+    return load_file(svc.adapters.resolve(ref).weights)
+
+
+def test_stopped_job_resumes_to_the_same_weights(tmp_path, tiny_models):
+    settings = make_settings(tmp_path, tiny_models, checkpoint_steps=7)
+    svc = PeftServe(settings)
+    rows = toy_sentiment(120)
+
+    straight = submit(svc, "straight", rows, **HP)
+    Worker(settings).run(burst=True)
+    assert svc.store.get_job(straight.id).status == "succeeded"
+
+    job = submit(svc, "resumed", rows, **HP)
+    stops = []
+    for _ in range(2):  # stop the worker twice mid-run (a graceful shutdown writes a checkpoint)
+        worker = Worker(settings)
+        thread = threading.Thread(target=worker.run)
+        thread.start()
+        floor = max(stops, default=0) + 5
+        deadline = time.monotonic() + 60
+        while svc.store.get_job(job.id).step < floor and time.monotonic() < deadline:
+            time.sleep(0.02)
+        worker.stopping.set()
+        thread.join(60)
+        state = svc.store.get_job(job.id)
+        assert state.status == "queued", state.status
+        stops.append(state.step)
+        assert Checkpoints(settings.checkpoints_dir / job.id, 7).path.exists()
+        # points past the checkpoint are dropped when the next run resumes; none past the job's step now
+        assert all(p.step <= state.step for p in svc.store.metrics(job.id))
+    Worker(settings).run(burst=True)
+
+    done = svc.store.get_job(job.id)
+    assert done.status == "succeeded" and done.attempts == 1  # graceful stops don't use up attempts
+    resumed = done.result_metrics["resumed_from_steps"]
+    assert len(resumed) == 2 and all(0 < s for s in resumed), resumed
+    assert done.result_metrics["steps"] == svc.store.get_job(straight.id).result_metrics["steps"]
+    a, b = weights(svc, "straight"), weights(svc, "resumed")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
+    # the metric history reads as one run: steps strictly increasing, no duplicates from the replays
+    train_steps = [p.step for p in svc.store.metrics(job.id) if p.kind == "train"]
+    assert train_steps == sorted(set(train_steps))
+    assert [p.step for p in svc.store.metrics(job.id) if p.kind == "train"] == [
+        p.step for p in svc.store.metrics(straight.id) if p.kind == "train"
+    ]
+    assert not (settings.checkpoints_dir / job.id).exists()  # cleared once the adapter is saved
+    events = [e.message for e in svc.store.events(job.id)]
+    assert sum("Resumed from the checkpoint" in m for m in events) == 2
+
+
+def test_unreadable_or_foreign_checkpoint_starts_over(tmp_path, tiny_models):
+    settings = make_settings(tmp_path, tiny_models)
+    svc = PeftServe(settings)
+    job = submit(svc, "fresh", toy_sentiment(48), epochs=1)
+    folder = settings.checkpoints_dir / job.id
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    Worker(settings).run(burst=True)
+    done = svc.store.get_job(job.id)
+    assert done.status == "succeeded" and done.result_metrics["resumed_from_steps"] == []
+
+
+def test_a_retried_job_saves_its_adapter_once(tmp_path, tiny_models):
+    """A worker killed after saving the adapter but before recording the job: the retry reuses that version."""
+    settings = make_settings(tmp_path, tiny_models)
+    svc = PeftServe(settings)
+    staging = svc.adapters.staging_dir()
+    (staging / "adapter_model.safetensors").write_bytes(b"x")
+    (staging / "adapter_config.json").write_text("{}")
+    first = svc.adapters.commit(staging, "once", {"job_id": "job_abc", "labels": ["a", "b"]})
+    again = svc.adapters.staging_dir()
+    (again / "adapter_model.safetensors").write_bytes(b"y")
+    (again / "adapter_config.json").write_text("{}")
+    second = svc.adapters.commit(again, "once", {"job_id": "job_abc", "labels": ["a", "b"]})
+    assert second.ref == first.ref == "once@v1" and not again.exists()
+    assert [v.ref for v in svc.adapters.versions("once")] == ["once@v1"]
