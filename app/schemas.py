@@ -265,4 +265,22 @@ class ErrorDetail(BaseModel):
 
 
 class ErrorBody(BaseModel):
+    """The one error envelope: `{"error": {"code", "message", "field"}}`."""
+
     error: ErrorDetail
+
+
+# Documented on every authenticated route (app/main.py), so clients and schema-driven tools see the envelope
+# for each error status the API answers with (FastAPI's own 422 `{"detail": [...]}` is never sent).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        401: "Missing or unknown API key",
+        403: "The key's scope does not allow this call (a read/predict key on a change)",
+        404: "Unknown job, dataset or adapter (version)",
+        409: "The resource's state does not allow this (job already finished, adapter not servable)",
+        413: "Upload over the size limit",
+        422: "Invalid input; `field` names the offending field and row",
+        500: "Internal error",
+    }.items()
+}
