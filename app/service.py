@@ -76,40 +76,46 @@ class PeftServe(Core):
         )
         return None, rows
 
-    def _stored(self, source: schemas.DataSource, prefix: str, min_labels: int = 2) -> DatasetRow:
-        """The dataset a job trains on: an uploaded one by id (not read again), or inline records saved now."""
+    def _checked(
+        self, source: schemas.DataSource, prefix: str, min_labels: int = 2
+    ) -> tuple[DatasetRow | None, list[dict] | None, set[str], int]:
+        """A job's data checked but not stored yet: (uploaded dataset, or inline rows), its labels, its size."""
         if source.dataset is not None:
             try:
-                return self.datasets.get(source.dataset, field=f"{prefix}dataset")
+                row = self.datasets.get(source.dataset, field=f"{prefix}dataset")
             except NotFound as e:
                 raise ValidationFailed(e.message, field=e.field) from None
+            return row, None, set(row.labels), row.n_records
         _, rows = self._rows(source, prefix, min_labels)
-        return self.datasets.save(rows)
+        return None, rows, {r["label"] for r in rows}, len(rows)
 
     # ---- jobs ---------------------------------------------------------------------------------
     def submit_job(self, body: schemas.JobCreate) -> Job:
+        """Check everything first, then store the inline records and queue: a refused job stores nothing."""
         validate_name(body.adapter, "adapter")
         if body.base_model not in self.registry.sources:
             raise ValidationFailed(
                 f"unknown base model {body.base_model!r}; known: {', '.join(self.registry.names())}", field="base_model"
             )
-        train = self._stored(body.train, "train.")
-        validation = None
+        train, train_rows, train_labels, n_train = self._checked(body.train, "train.")
+        validation = validation_rows = None
         if body.validation is not None:
-            validation = self._stored(body.validation, "validation.", min_labels=1)
-            unknown = sorted(set(validation.labels) - set(train.labels))
+            validation, validation_rows, validation_labels, _ = self._checked(
+                body.validation, "validation.", min_labels=1
+            )
+            unknown = sorted(validation_labels - train_labels)
             if unknown:
                 label, field = unknown[0], "validation.dataset"
-                if body.validation.records is not None:  # name the first row carrying one
-                    row, label = next(
-                        (i, lab)
-                        for i, r in enumerate(body.validation.records)
-                        if (lab := str(r.label).strip()) in unknown
-                    )
+                if validation_rows is not None:  # name the first row carrying one
+                    row, label = next((i, r["label"]) for i, r in enumerate(validation_rows) if r["label"] in unknown)
                     field = f"validation.records[{row}].label"
                 raise ValidationFailed(f"label {label!r} does not occur in the training data", field=field)
         else:
-            check_split_possible(train.n_records, body.validation_split, "validation_split")
+            check_split_possible(n_train, body.validation_split, "validation_split")
+        if train is None:
+            train = self.datasets.save(train_rows)
+        if validation is None and validation_rows is not None:
+            validation = self.datasets.save(validation_rows)
         return self.store.create_job(
             adapter=body.adapter,
             base_model=body.base_model,
@@ -190,16 +196,17 @@ class PeftServe(Core):
             raise ValidationFailed(
                 f"{len(texts)} inputs is over the limit of {self.settings.max_predict_inputs}", field="inputs"
             )
-        for i, t in enumerate(texts):
-            if not t.strip():
-                raise ValidationFailed("input is empty", field=f"inputs[{i}]")
-            if len(t) > self.settings.max_text_chars:
-                raise ValidationFailed(
-                    f"input has {len(t)} characters, over the limit of {self.settings.max_text_chars}",
-                    field=f"inputs[{i}]",
-                )
         if body.text_pairs is not None and len(body.text_pairs) != len(texts):
             raise ValidationFailed("give one text pair per input", field="text_pairs")
+        for key, values in (("inputs", texts), ("text_pairs", body.text_pairs or [])):
+            for i, t in enumerate(values):
+                if not t.strip():
+                    raise ValidationFailed(f"{key}[{i}] is empty", field=f"{key}[{i}]")
+                if len(t) > self.settings.max_text_chars:
+                    raise ValidationFailed(
+                        f"{key}[{i}] has {len(t)} characters, over the limit of {self.settings.max_text_chars}",
+                        field=f"{key}[{i}]",
+                    )
         return self.engine.submit(body.adapter, texts, body.text_pairs)
 
     @staticmethod
@@ -212,8 +219,9 @@ class PeftServe(Core):
         known = set(version.labels)
         for i, r in enumerate(rows):
             if r["label"] not in known:
+                where = "" if body.records is not None else f"row {i} of dataset {body.dataset}: "
                 raise ValidationFailed(
-                    f"label {r['label']!r} is not one of the adapter's labels {version.labels}",
+                    f"{where}label {r['label']!r} is not one of the adapter's labels {version.labels}",
                     field=f"records[{i}].label" if body.records is not None else "dataset",
                 )
         pairs = [r.get("text_pair") for r in rows]

@@ -60,11 +60,18 @@ def install(app: FastAPI) -> None:
         return envelope(422, "invalid_request", f"{field or 'request'}: {msg}{extra}", field)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:  # FastAPI could not parse the body at all
             return envelope(422, "invalid_request", f"body: {exc.detail}", "body")
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "error")
-        return envelope(exc.status_code, code, str(exc.detail))
+        message, field = str(exc.detail), None
+        if exc.status_code == 404 and exc.detail == "Not Found":  # no route: the path itself is what is wrong
+            # (an encoded '/' in a name, e.g. /adapters/..%2Fx, makes the path another route's, or none)
+            message, field = f"no endpoint at {request.url.path!r}; see /docs for the API", "path"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message, field = f"{request.method} is not allowed on {request.url.path!r}; allowed: {allowed}", "method"
+        return envelope(exc.status_code, code, message, field)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

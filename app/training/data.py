@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
+import re
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -96,53 +100,123 @@ def _encodable(value: str) -> bool:
 
 
 def parse_upload(filename: str, content: bytes, limits: Limits) -> list[dict]:
-    """Parse a JSONL or CSV upload with the `datasets` library and validate it."""
+    """Parse a JSONL/JSON (stdlib `json`, types as written) or CSV (the `datasets` library) upload and validate it.
+
+    Errors name the file's row as `file[i]` (0-based record index) and, for JSON lines, the line in the message.
+    """
     suffix = Path(filename or "").suffix.lower()
     if suffix not in (".jsonl", ".json", ".csv"):
         raise ValidationFailed("file must be .jsonl, .json or .csv", field="file")
+    if content.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ValidationFailed(
+            "file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8", field="file"
+        )
+    content = content.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte-order mark is not part of the data
     if not content.strip():
         raise ValidationFailed("file is empty", field="file")
     try:
-        content.decode("utf-8")
+        text = content.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ValidationFailed(f"file is not UTF-8 text (bad byte at offset {e.start})", field="file") from e
-    rows = _load_rows(suffix, content)
-    return validate_records(rows, "file", limits)
+        line = content.count(b"\n", 0, e.start) + 1
+        raise ValidationFailed(
+            f"file is not UTF-8 text (bad byte at offset {e.start}, line {line}); save it as UTF-8", field="file"
+        ) from e
+    if suffix == ".csv":
+        rows, lines = _csv_rows(text, content), None
+    else:
+        rows, lines = _json_rows(text)
+        objects = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
+        missing = [c for c in ("text", "label") if objects and not any(c in r for r in objects)]
+        if missing:  # a column no record has: say so once, not as row 0's problem
+            raise ValidationFailed(f"no record has {' or '.join(missing)}; each needs text and label", field="file")
+    try:
+        return validate_records(rows, "file", limits)
+    except ValidationFailed as e:
+        m = re.match(r"file\[(\d+)\]", e.field or "")
+        if m and lines is not None:  # blank lines are skipped: say which line the record is on
+            raise ValidationFailed(f"{e.message} (line {lines[int(m.group(1))]})", field=e.field) from None
+        raise
 
 
-def _load_rows(suffix: str, content: bytes) -> list[dict]:
-    import datasets  # heavy: imported where used
-
-    datasets.disable_progress_bars()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"upload{suffix}"
-        path.write_bytes(content)
+def _json_rows(text: str) -> tuple[list, list[int] | None]:
+    """Rows of a JSON array document, or of JSON lines (one value per non-blank line) with their line numbers."""
+    if text.lstrip().startswith("["):
         try:
-            if suffix == ".csv":
-                ds = datasets.Dataset.from_csv(str(path), cache_dir=tmp, keep_in_memory=True, keep_default_na=False)
-            else:
-                ds = datasets.Dataset.from_json(str(path), cache_dir=tmp, keep_in_memory=True)
-        except Exception as e:  # datasets wraps parser errors in several types
-            raise ValidationFailed(f"could not parse the file: {_first_line(e)}", field="file") from e
-    missing = [c for c in ("text", "label") if c not in ds.column_names]
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            if e.msg != "Extra data":  # else: JSON lines whose first line is an array; read line by line
+                raise ValidationFailed(
+                    f"could not parse the file as JSON: {e.msg} (line {e.lineno}, column {e.colno})", field="file"
+                ) from None
+        else:
+            return data, None
+    rows, lines = [], []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValidationFailed(
+                f"could not parse line {n} as JSON: {e.msg} (column {e.colno}); each line must be one JSON object",
+                field="file",
+            ) from None
+        lines.append(n)
+    return rows, lines
+
+
+def _csv_rows(text: str, content: bytes) -> list[dict]:
+    try:
+        header = next(csv.reader(io.StringIO(text)), [])
+    except csv.Error as e:
+        raise ValidationFailed(f"could not parse the CSV header: {e}", field="file") from None
+    dupes = sorted({c for c in header if header.count(c) > 1})
+    if dupes:
+        raise ValidationFailed(f"the header repeats column(s) {dupes}", field="file")
+    missing = [c for c in ("text", "label") if c not in header]
     if missing:
-        raise ValidationFailed(f"missing column(s) {missing}; found {ds.column_names}", field="file")
-    rows = ds.to_list()
-    if suffix == ".csv":  # CSV has no types: a column of digits is still text where text is expected
-        for r in rows:
-            for k in ("text", "text_pair"):
-                if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool):
-                    r[k] = str(r[k])
-    # Columns absent from a row come back as None; drop them so validation sees only what was given.
+        raise ValidationFailed(
+            f"missing column(s) {missing}; found {header} (the first line must be the header: text,label[,text_pair])",
+            field="file",
+        )
+    extra = [c for c in header if c not in COLUMNS]
+    if extra:
+        raise ValidationFailed(
+            f"unknown column(s) {extra} in the header; expected text, label, text_pair", field="file"
+        )
+    rows = _load_csv(content, header)
+    # Columns absent from a row come back as None or ""; drop them so validation sees only what was given.
     return [{k: v for k, v in r.items() if not (k == "text_pair" and v in (None, ""))} for r in rows]
 
 
-def _first_line(e: Exception) -> str:
-    cause = e
-    while cause.__cause__ is not None and not str(cause):
-        cause = cause.__cause__
-    text = str(cause) or type(cause).__name__
-    return text.strip().splitlines()[0][:300] if text.strip() else type(cause).__name__
+def _load_csv(content: bytes, header: list[str]) -> list[dict]:
+    import datasets  # heavy: imported where used
+
+    datasets.disable_progress_bars()
+    # Every column as a string: CSV has no types, and "01" or "1.0" must stay the label they were written as.
+    features = datasets.Features({c: datasets.Value("string") for c in header})
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.csv"
+        path.write_bytes(content)
+        try:
+            ds = datasets.Dataset.from_csv(
+                str(path), cache_dir=tmp, keep_in_memory=True, keep_default_na=False, features=features
+            )
+        except Exception as e:  # datasets wraps the parser's errors (pandas names the line)
+            if "corresponds to no data" in str(e):
+                raise ValidationFailed("needs at least one record; the file has a header only", field="file") from e
+            raise ValidationFailed(f"could not parse the file as CSV: {_first_line(e)}", field="file") from e
+        return ds.to_list()
+
+
+def _first_line(e: BaseException) -> str:
+    """The innermost cause's message (datasets wraps the parser's error in a generic one)."""
+    cause, seen = e, {id(e)}
+    while (nxt := cause.__cause__ or cause.__context__) is not None and id(nxt) not in seen:
+        cause = nxt
+        seen.add(id(nxt))
+    text = str(cause).strip()
+    return text.splitlines()[0][:300] if text else type(cause).__name__
 
 
 def split_validation(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
