@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint serve clean bench-inference bench-training
+.PHONY: install demo test lint serve clean bench-inference bench-training bench-fuzz bench-load
 
 install: $(STAMP)
 
@@ -38,6 +38,12 @@ bench-inference: install
 
 bench-training: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.training
+
+bench-fuzz: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.fuzz --cases 1000
+
+bench-load: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.load --clients 200 --seconds 60
 
 serve: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/peftserve serve
