@@ -1,0 +1,134 @@
+"""The /ui dashboard in a real browser (Debian's chromium through playwright) against a real server process.
+
+Skipped with a reason where /usr/bin/chromium or playwright is absent; never downloads a browser.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ADMIN_HEADERS, ADMIN_KEY
+from tests.test_e2e import Server, post_job
+from tests.tiny import toy_sentiment
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"  # gitignored
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-quic",
+]
+FAST = {"batch_size": 8, "learning_rate": 0.01, "early_stopping_patience": 0, "target_modules": ["query", "value"]}
+
+
+@pytest.fixture
+def browser():
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="playwright is not installed (pip install -e '.[dev]')"
+    )
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def points(page, chart: str) -> int:
+    return int(page.get_attribute(f'[data-chart="{chart}"]', "data-points") or 0)
+
+
+def wait_points(page, chart: str, more_than: int = 0, timeout: float = 30) -> int:
+    page.wait_for_function(
+        '([name, n]) => Number(document.querySelector(`[data-chart="${name}"]`)?.dataset.points || 0) > n',
+        arg=[chart, more_than],
+        timeout=timeout * 1000,
+    )
+    return points(page, chart)
+
+
+def test_dashboard_jobs_charts_live_updates_and_try_it(tmp_path, tiny_models, browser):
+    srv = Server(tmp_path, tiny_models).start()
+    try:
+        with httpx.Client(base_url=srv.url, headers=ADMIN_HEADERS, timeout=60) as c:
+            body = {"adapter": "sent", "train": {"records": toy_sentiment(120)}}
+            done = post_job(c, {**body, "hyperparameters": {**FAST, "epochs": 4}}).json()["id"]
+            assert srv.wait_job(c, done)["status"] == "succeeded"
+            long_body = {"adapter": "long", "train": {"records": toy_sentiment(400)}}
+            running = post_job(c, {**long_body, "hyperparameters": {**FAST, "epochs": 100, "batch_size": 4}}).json()
+            srv.wait_job(c, running["id"], until=("running",), timeout=60)
+
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"{srv.url}/ui")  # redirects to /ui/
+            assert page.url.endswith("/ui/")
+            page.fill("#key-input", ADMIN_KEY)  # no key stored yet: the page asks for one
+            page.click("#key-form button[type=submit]")
+            page.wait_for_selector(f'#jobs a[href="#/jobs/{done}"]')
+            assert page.locator("#jobs tr[data-status=running] .bar").count() == 1
+            assert page.evaluate("localStorage.getItem('peftserve.apiKey')") == ADMIN_KEY
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "ui-jobs.png"))
+
+            # The finished job: every chart has its points, drawn on canvases.
+            page.goto(f"{srv.url}/ui/#/jobs/{done}")
+            for chart in ("loss", "lr", "eval"):
+                assert wait_points(page, chart) > 0, chart
+            assert page.locator("[data-chart] canvas").count() >= 3
+            assert points(page, "eval") == 4  # one per epoch
+            page.wait_for_selector("#events div")
+            assert "succeeded" in page.inner_text("#summary")
+
+            # The running job: its charts gain points while it trains (SSE-driven refresh).
+            page.goto(f"{srv.url}/ui/#/jobs/{running['id']}")
+            first = wait_points(page, "loss")
+            later = wait_points(page, "loss", more_than=first, timeout=60)
+            assert later > first
+            assert "running" in page.inner_text("#summary") and page.locator("#hp td").count() > 0
+            page.screenshot(path=str(ARTIFACTS / "ui-job.png"), full_page=True)
+
+            # Jobs table, adapters list, try it, evaluate.
+            page.goto(f"{srv.url}/ui/#/adapters")
+            page.wait_for_selector("text=sent@v1")
+            page.goto(f"{srv.url}/ui/#/try?adapter=sent")
+            page.fill("#inputs", "a lovely superb film\nawful and dull")
+            page.click("#try button[type=submit]")
+            page.wait_for_selector(".prediction .score")
+            assert page.locator(".prediction").count() == 2
+            assert sorted(
+                page.locator(".prediction").first.locator(".score").evaluate_all("els => els.map(e => e.dataset.label)")
+            ) == ["neg", "pos"]
+            page.screenshot(path=str(ARTIFACTS / "ui-try.png"), full_page=True)
+
+            page.goto(f"{srv.url}/ui/#/evaluate?adapter=sent")
+            page.fill("#records", "\n".join(json.dumps(r) for r in toy_sentiment(20, seed=5)))
+            page.click("#evaluate button[type=submit]")
+            page.wait_for_selector(".confusion td")
+            assert page.locator(".confusion td").count() == 4  # 2 labels x 2
+            page.screenshot(path=str(ARTIFACTS / "ui-evaluate.png"), full_page=True)
+
+            # A failing call shows the error envelope's message; a bad key asks for a key again.
+            page.fill("#records", '{"text": "x", "label": "nope"}')
+            page.click("#evaluate button[type=submit]")
+            page.wait_for_selector("#error:not([hidden])")
+            assert "nope" in page.inner_text("#error")
+            page.evaluate("localStorage.setItem('peftserve.apiKey', 'wrong-key-0123456789')")
+            page.goto(f"{srv.url}/ui/#/jobs")
+            page.wait_for_selector("#key-form:not([hidden])")
+            assert "API key" in page.inner_text("#error")
+            page.close()
+            c.post(f"/jobs/{running['id']}/cancel")
+    finally:
+        srv.stop()
