@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from app.jobs.events import sse_message
 from app.jobs.worker import Worker
 from app.main import create_app
-from tests.conftest import ADMIN_HEADERS, auth_env
+from tests.conftest import ADMIN_HEADERS
 from tests.test_e2e import Server, post_job
 from tests.tiny import toy_sentiment
 
@@ -102,11 +102,10 @@ def test_stream_delivers_every_event_in_order_and_ends_with_the_job(settings):
 @pytest.mark.e2e
 def test_stream_is_live_over_a_real_server(tmp_path, tiny_models):
     srv = Server(tmp_path, tiny_models)
-    srv.env.update(auth_env())
     srv.start()
     try:
         with httpx.Client(base_url=srv.url, headers=ADMIN_HEADERS, timeout=60) as c:
-            body = {"adapter": "live", "train": {"records": toy_sentiment(300)}, "hyperparameters": {**HP, "epochs": 6}}
+            body = {"adapter": "live", "train": {"records": toy_sentiment(200)}, "hyperparameters": HP}
             job_id = post_job(c, body).json()["id"]
             with c.stream("GET", f"/jobs/{job_id}/events", params={"stream": "true"}, timeout=180) as r:
                 assert r.status_code == 200
