@@ -220,6 +220,15 @@ def test_submit_watch_then_jobs_adapters_predict_evaluate(live):
     assert f"{job_id} succeeded: adapter sent@v1" in out, out
     print(f"submit --watch: {time.monotonic() - started:.1f}s")
 
+    with PeftServeClient(live.url, ADMIN_KEY) as c:  # the client on the real stream: every event, then the end
+        types = []
+        c._http.event_hooks["response"].append(lambda resp: types.append(resp.headers.get("content-type")))
+        streamed = list(c.stream_events(job_id))
+        assert len(types) == 1 and types[0].startswith("text/event-stream")  # one connection, no polling
+        assert [e.id for e in streamed[:-1]] == [e["id"] for e in c.events(job_id, limit=500)["data"]]
+        assert streamed[-1].type == "end" and streamed[-1].data["status"] == "succeeded"
+        assert c.wait(job_id)["result"]["adapter"] == "sent@v1"
+
     r = invoke(live, "jobs")
     assert r.exit_code == 0 and job_id in r.output and "succeeded" in r.output and "sent@v1" in r.output
     r = invoke(live, "jobs", "--status", "running")
