@@ -54,7 +54,21 @@ _STREAM_DOC = {
     " event (`id: <event id>`, `event: message|metrics`, `data: <EventPublic JSON>`), a `: keep-alive` comment"
     ' every ~15 s, and a last `event: end` with `data: {"job_id", "status"}` once the job has ended and'
     " every event is sent.",
-    "content": {sse.MEDIA_TYPE: {"schema": {"type": "string"}}},
+    # Before OpenAPI 3.2 (itemSchema), an event stream's `schema` describes one event as a client parses it.
+    "content": {
+        sse.MEDIA_TYPE: {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "id": {"type": "string", "pattern": "^[0-9]+$", "description": "the event's id"},
+                    "event": {"type": "string", "description": "`message`, `metrics`, or `end` (the last one)"},
+                    "data": {"type": "string", "description": "EventPublic as JSON; `end`: {job_id, status}"},
+                    "retry": {"type": "integer", "description": "reconnection delay, ms"},
+                },
+                "required": ["event", "data"],
+            }
+        }
+    },
 }
 
 
