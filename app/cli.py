@@ -51,7 +51,8 @@ def serve(
     except RuntimeError as e:  # e.g. auth on and no key configured: refuse to start, say why
         typer.echo(f"peftserve: {e}", err=True)
         raise typer.Exit(2) from None
-    uvicorn.run(api, host=host, port=port, log_level=log_level)
+    # open event streams end within 5 s of a SIGTERM rather than holding the shutdown until their job ends
+    uvicorn.run(api, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=5)
 
 
 @app.command()

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir")
 
     # Models
+    models_root: Path = Field(
+        Path("models"), description="the one folder local base models (kind=local) may be loaded from"
+    )
     models: dict[str, ModelSource] = Field(
         default_factory=dict, description="extra base models by name (JSON), beside the built-in ones"
     )
@@ -120,6 +123,16 @@ class Settings(BaseSettings):
     def _resolve_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
         self.adapters_dir = self.adapters_dir.expanduser().resolve()
+        self.models_root = self.models_root.expanduser().resolve()
+        for name, src in self.models.items():  # local models: only under the allow-listed root
+            if src.kind == "local":
+                path = (self.models_root / Path(src.location).expanduser()).resolve()
+                if not path.is_relative_to(self.models_root):
+                    raise ValueError(
+                        f"models.{name}: local model {src.location!r} is outside models_root {self.models_root}"
+                        " (set PEFTSERVE_MODELS_ROOT to the folder that holds your local models)"
+                    )
+                src.location = str(path)
         return self
 
     @property

@@ -50,6 +50,7 @@ def train_adapter(work: Path, base: str, env: dict[str, str]) -> list[str]:
         data_dir=env["PEFTSERVE_DATA_DIR"],
         adapters_dir=env["PEFTSERVE_ADAPTERS_DIR"],
         models=json.loads(env.get("PEFTSERVE_MODELS", "{}")),
+        models_root=env.get("PEFTSERVE_MODELS_ROOT", "models"),
         workers=0,
     )
     svc = PeftServe(settings)
@@ -146,6 +147,7 @@ def main() -> None:
         from tests.tiny import build_bert
 
         env["PEFTSERVE_MODELS"] = json.dumps({"tiny-bert": {"kind": "local", "location": str(build_bert(work / "tb"))}})
+        env["PEFTSERVE_MODELS_ROOT"] = str(work)
     t0 = time.perf_counter()
     texts = train_adapter(work, args.base, env)
     print(f"work folder {work}; adapter trained on {args.base} in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -31,6 +31,12 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"tiny-bert": build_bert(root / "tiny-bert"), "tiny-llama": build_llama(root / "tiny-llama")}
 
 
+def models_root(tiny_models: dict[str, Path]) -> Path:
+    """The folder holding the tiny models: the allow-listed root for local base models."""
+    (root,) = {p.parent for p in tiny_models.values()}
+    return root
+
+
 def make_settings(root: Path, tiny_models: dict[str, Path], **overrides):
     from app.config import ModelSource, Settings
 
@@ -38,6 +44,7 @@ def make_settings(root: Path, tiny_models: dict[str, Path], **overrides):
         data_dir=root / "data",
         adapters_dir=root / "adapters",
         workers=0,
+        models_root=models_root(tiny_models),
         models={name: ModelSource(kind="local", location=str(p)) for name, p in tiny_models.items()},
         poll_interval=0.1,
         heartbeat_interval=0.5,

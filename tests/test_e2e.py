@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_HEADERS, auth_env
+from tests.conftest import ADMIN_HEADERS, auth_env, models_root
 from tests.tiny import toy_sentiment
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +39,7 @@ class Server:
             "PEFTSERVE_TRAINING_DTYPE": "float32",
             "PEFTSERVE_INFERENCE_DTYPE": "float32",
             "PEFTSERVE_MODELS": json.dumps({n: {"kind": "local", "location": str(p)} for n, p in tiny_models.items()}),
+            "PEFTSERVE_MODELS_ROOT": str(models_root(tiny_models)),
         }
         self.proc: subprocess.Popen | None = None
         self.url = f"http://127.0.0.1:{self.port}"

@@ -61,8 +61,8 @@ class ModelRegistry:
         src = self.source(name)
         if src.kind == "hub":
             return ResolvedModel(name, src.location, src.revision)
-        if src.kind == "local":
-            path = Path(src.location).expanduser()
+        if src.kind == "local":  # Settings resolved it and checked it lies under models_root
+            path = Path(src.location)
             if not (path / "config.json").exists():
                 raise FileNotFoundError(f"base model {name!r}: no config.json in {path}")
             return ResolvedModel(name, str(path))
