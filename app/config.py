@@ -55,6 +55,14 @@ class Settings(BaseSettings):
         default_factory=list, description="keys allowed to predict, evaluate and read (comma-separated)"
     )
 
+    # Webhooks (a job's webhook_url is called when it ends)
+    webhook_secret: str | None = Field(
+        None, min_length=16, description="HMAC-SHA256 key signing webhook calls (whsec_<base64> or plain text)"
+    )
+    webhook_max_attempts: int = Field(8, ge=1, le=50, description="tries per webhook call before giving up")
+    webhook_retry_seconds: float = Field(2.0, gt=0, le=3600, description="first retry delay; doubles each try")
+    webhook_timeout: float = Field(10.0, gt=0, le=120, description="seconds a receiver has to answer")
+
     # Workers
     workers: int = Field(1, ge=0, le=64, description="worker processes that `peftserve serve` starts")
     poll_interval: float = Field(0.5, gt=0, le=60)

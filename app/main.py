@@ -11,12 +11,13 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api import errors
 from app.api.deps import method_access, use_access
-from app.api.routes import adapters, datasets, health, inference, jobs, ui
+from app.api.routes import adapters, datasets, health, inference, jobs, metrics, ui
 from app.auth import KeyRing
 from app.config import Settings, get_settings
 from app.jobs.pool import WorkerPool
 from app.schemas import ERROR_RESPONSES
 from app.service import PeftServe
+from app.webhooks import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +36,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         pool = WorkerPool(settings, settings.workers, service.store)
         if settings.workers:
             pool.start()
+        webhooks = WebhookDispatcher(
+            service.store,
+            settings.webhook_secret,
+            max_attempts=settings.webhook_max_attempts,
+            retry_seconds=settings.webhook_retry_seconds,
+            timeout=settings.webhook_timeout,
+        )
+        webhooks.start()
         try:
             yield
         finally:
+            webhooks.stop()
             pool.stop()
             service.close()
 
@@ -53,5 +63,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ui.install(app)  # open: the static dashboard at /ui/ (it sends the user's key on each API call)
     for module in (datasets, jobs, adapters):
         app.include_router(module.router, dependencies=[Depends(method_access)], responses=ERROR_RESPONSES)
-    app.include_router(inference.router, dependencies=[Depends(use_access)], responses=ERROR_RESPONSES)
+    for module in (inference, metrics):  # any key: predict, evaluate, scrape
+        app.include_router(module.router, dependencies=[Depends(use_access)], responses=ERROR_RESPONSES)
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, StrictInt, StrictStr, model_validator
 
 from app.jobs.models import Job, JobStatus
 from app.training.config import Hyperparameters
@@ -55,6 +55,9 @@ class JobCreate(BaseModel):
     validation: DataSource | None = None
     validation_split: float = Field(0.1, ge=0, lt=1, description="held out of train when no validation")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    webhook_url: HttpUrl | None = Field(
+        None, description="called with a signed POST when the job ends (succeeded, failed or cancelled)"
+    )
 
 
 class Progress(BaseModel):
@@ -91,6 +94,8 @@ class JobPublic(BaseModel):
     error: ErrorInfo | None
     result: JobResult | None
     attempts: int
+    estimated_finish: datetime | None = Field(None, description="while running: from the measured step time")
+    webhook_url: str | None = None
 
     @classmethod
     def from_job(cls, job: Job) -> JobPublic:
@@ -114,6 +119,8 @@ class JobPublic(BaseModel):
             if job.result_adapter
             else None,
             attempts=job.attempts,
+            estimated_finish=job.estimated_finish if status is JobStatus.running else None,
+            webhook_url=job.webhook_url,
         )
 
 

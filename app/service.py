@@ -5,6 +5,7 @@ Never imports FastAPI: the routes are thin wrappers over these methods, and test
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import Future
 from importlib.metadata import version as pkg_version
 from typing import Any
@@ -18,12 +19,14 @@ from app.inference.engine import InferenceEngine
 from app.inference.evaluation import evaluate, to_predictions
 from app.jobs.models import DatasetRow, Job
 from app.models.loading import resolve_dtype
+from app.telemetry import Telemetry
 from app.training.data import Limits, check_split_possible, parse_upload, validate_records
 
 
 class PeftServe(Core):
     def __init__(self, settings: Settings):
         super().__init__(settings)
+        self.telemetry = Telemetry()
         self.engine = InferenceEngine(
             self.registry,
             self.adapters,
@@ -34,12 +37,23 @@ class PeftServe(Core):
             max_loaded_bytes=settings.max_loaded_adapter_bytes,
             batch_wait_ms=settings.batch_wait_ms,
             dtype=resolve_dtype(settings.inference_dtype, self.device, self.quantization),
+            on_batch=self.telemetry.batch_rows.observe,
         )
+        self.telemetry.watch(self._state)
         self.limits = Limits(settings.max_records, settings.max_text_chars, settings.max_labels)
 
     def close(self) -> None:
         self.engine.close()
         super().close()
+
+    def _state(self) -> dict[str, Any]:
+        """What GET /metrics reports beside the observed latencies (read at each scrape)."""
+        running = self.store.running()
+        return {
+            "jobs": self.store.count_by_status(),
+            "training": [(j.id, j.adapter, j.samples_per_second) for j in running if j.samples_per_second],
+            "engine": {**self.engine.stats, "loaded": len(self.engine.loaded())},
+        }
 
     def health(self) -> schemas.Health:
         return schemas.Health(
@@ -97,6 +111,10 @@ class PeftServe(Core):
             raise ValidationFailed(
                 f"unknown base model {body.base_model!r}; known: {', '.join(self.registry.names())}", field="base_model"
             )
+        if body.webhook_url is not None and not self.settings.webhook_secret:
+            raise ValidationFailed(
+                "this server signs webhook calls with PEFTSERVE_WEBHOOK_SECRET, which is not set", field="webhook_url"
+            )
         train, train_rows, train_labels, n_train = self._checked(body.train, "train.")
         validation = validation_rows = None
         if body.validation is not None:
@@ -123,6 +141,7 @@ class PeftServe(Core):
             train_dataset=train.id,
             validation_dataset=validation.id if validation else None,
             validation_split=body.validation_split if validation is None else 0.0,
+            webhook_url=str(body.webhook_url) if body.webhook_url else None,
         )
 
     def job_metrics(self, job_id: str) -> schemas.JobMetrics:
@@ -207,7 +226,10 @@ class PeftServe(Core):
                         f"{key}[{i}] has {len(t)} characters, over the limit of {self.settings.max_text_chars}",
                         field=f"{key}[{i}]",
                     )
-        return self.engine.submit(body.adapter, texts, body.text_pairs)
+        started = time.perf_counter()
+        version, future = self.engine.submit(body.adapter, texts, body.text_pairs)
+        future.add_done_callback(lambda _: self.telemetry.predict_seconds.observe(time.perf_counter() - started))
+        return version, future
 
     @staticmethod
     def predict_response(version: AdapterVersion, probs: Any) -> schemas.PredictResponse:

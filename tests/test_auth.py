@@ -45,6 +45,7 @@ ROUTES = [
     ("GET", "/datasets/x"),
     ("POST", "/predict"),
     ("POST", "/evaluate"),
+    ("GET", "/metrics"),
 ]
 
 

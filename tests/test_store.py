@@ -119,6 +119,29 @@ def test_a_dead_workers_jobs_are_released_at_once(store):
     assert store.get_job(a.id).error_code == "worker_lost"  # second loss at max_attempts=2: failed
 
 
+def test_an_older_database_gets_the_new_columns(tmp_path):
+    from sqlalchemy import text
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    s = JobStore(url)
+    with s.engine.begin() as conn:  # what a database of the first release lacks
+        for column in ("webhook_url", "estimated_finish", "samples_per_second"):
+            conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
+    s.close()
+    again = JobStore(url)
+    job = again.create_job(
+        adapter="a",
+        base_model="tiny-bert",
+        hyperparameters={},
+        train_dataset="ds_x",
+        validation_dataset=None,
+        validation_split=0.1,
+        webhook_url="http://127.0.0.1:9/x",
+    )
+    assert again.get_job(job.id).webhook_url == "http://127.0.0.1:9/x"
+    again.close()
+
+
 def test_metrics_and_events_persist(tmp_path):
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     s = JobStore(url)

@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,7 @@ class InferenceEngine:
         batch_wait_ms: float = 2.0,
         dtype: torch.dtype = torch.float32,
         bucket_overhead_tokens: int = 64,
+        on_batch: Callable[[int], None] | None = None,
     ):
         self.adapters = adapters
         self.batch_size, self.batch_wait = batch_size, batch_wait_ms / 1000
@@ -60,6 +62,7 @@ class InferenceEngine:
         self.cache = AdapterCache(registry, adapters, device, quantization, dtype, max_loaded, max_loaded_bytes)
         self.stats = self.cache.stats  # batches, rows, loads, evictions, hits
         self.stats.update(batches=0, rows=0)
+        self.on_batch = on_batch  # told each batch's row count (metrics)
         self._lock = threading.RLock()  # models and the LRU: held by the batch thread and by (un)load calls
         self._queue: queue.Queue[Any] = queue.Queue()  # _Request, or _STOP
         self._carry: list[_Request] = []  # taken from the queue but left for the next batch
@@ -224,8 +227,11 @@ class InferenceEngine:
                 by_base.setdefault(r.version.meta["base_model"], []).append((r, res))
             for name, items in by_base.items():
                 results.update(self._forward(self.cache.bases[name], items))
+            rows = sum(len(r.texts) for r, _ in live)
             self.stats["batches"] += 1
-            self.stats["rows"] += sum(len(r.texts) for r, _ in live)
+            self.stats["rows"] += rows
+        if self.on_batch is not None:
+            self.on_batch(rows)
         return results
 
     def _forward(self, slot: ResidentBase, items: list[tuple[_Request, Resident]]) -> dict[int, torch.Tensor]:

@@ -72,6 +72,10 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None]
     cancel_requested: Mapped[bool] = mapped_column(default=False)
     attempts: Mapped[int] = mapped_column(default=0)
+    # Added after the first release: nullable, so JobStore adds them to an older database in place.
+    estimated_finish: Mapped[datetime | None]  # from the measured step time of the running attempt
+    samples_per_second: Mapped[float | None]  # training throughput of the running attempt
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
 
 
 class MetricPoint(Base):
@@ -98,6 +102,25 @@ class JobEvent(Base):
     type: Mapped[str] = mapped_column(String(16), default="message")
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any] | None]
+
+
+class WebhookDelivery(Base):
+    """The outbox: one row per webhook call owed, written with the job's final status in one transaction,
+    so a restart loses none; the dispatcher delivers and retries them."""
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (Index("ix_webhook_due", "delivered", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    event: Mapped[str] = mapped_column(String(32))  # job.succeeded | job.failed | job.cancelled
+    url: Mapped[str] = mapped_column(String(2048))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    attempts: Mapped[int] = mapped_column(default=0)
+    delivered: Mapped[bool] = mapped_column(default=False)  # true once answered 2xx, or given up
+    last_status: Mapped[int | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
 
 
 class DatasetRow(Base):

@@ -12,13 +12,13 @@ from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, func, select, update
+from sqlalchemy import create_engine, delete, event, func, inspect, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import Conflict, NotFound, ValidationFailed
-from app.jobs.models import Base, DatasetRow, Job, JobEvent, JobStatus, MetricPoint, utcnow
+from app.jobs.models import Base, DatasetRow, Job, JobEvent, JobStatus, MetricPoint, WebhookDelivery, utcnow
 
 
 def make_engine(url: str) -> Engine:
@@ -45,7 +45,22 @@ class JobStore:
             Base.metadata.create_all(self.engine)
         except OperationalError:  # another process created the tables between our check and our CREATE
             Base.metadata.create_all(self.engine)
+        self._add_new_columns()
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _add_new_columns(self) -> None:
+        """A database made by an older release lacks the nullable columns added since: add them in place."""
+        found = inspect(self.engine)
+        for table in Base.metadata.sorted_tables:
+            have = {c["name"] for c in found.get_columns(table.name)}
+            for column in table.columns:
+                if column.name not in have and column.nullable:
+                    kind = column.type.compile(dialect=self.engine.dialect)
+                    with self.engine.begin() as conn:
+                        try:
+                            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+                        except OperationalError:  # another process added it first
+                            pass
 
     def close(self) -> None:
         self.engine.dispose()
@@ -103,7 +118,9 @@ class JobStore:
                 .where(Job.id == job_id, Job.status == JobStatus.queued.value)
                 .values(status=JobStatus.cancelled.value, finished_at=utcnow(), cancel_requested=True)
             ).rowcount
-            if not done:
+            if done:
+                _owe_webhook(s, job_id, JobStatus.cancelled)
+            else:
                 s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
             s.add(JobEvent(job_id=job_id, message="Cancellation requested"))
         return self.get_job(job_id)
@@ -157,17 +174,19 @@ class JobStore:
         result_metrics: dict | None = None,
         message: str,
     ) -> None:
-        values: dict[str, Any] = {"status": status.value, "finished_at": utcnow()}
+        values: dict[str, Any] = {"status": status.value, "finished_at": utcnow(), "estimated_finish": None}
         if error:
             values.update(error_code=error[0], error_message=error[1])
         if result_adapter:
             values.update(result_adapter=result_adapter, result_metrics=result_metrics)
         with self.session() as s:
-            s.execute(
+            done = s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value)
                 .values(**values)
-            )
+            ).rowcount
+            if done:
+                _owe_webhook(s, job_id, status)
             level = "error" if status is JobStatus.failed else "info"
             s.add(JobEvent(job_id=job_id, level=level, message=message))
 
@@ -178,7 +197,7 @@ class JobStore:
             done = s.execute(
                 update(Job)
                 .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value)
-                .values(status=JobStatus.queued.value, worker_id=None, attempts=Job.attempts - 1)
+                .values(status=JobStatus.queued.value, worker_id=None, attempts=Job.attempts - 1, estimated_finish=None)
             ).rowcount
             if done:
                 s.add(JobEvent(job_id=job_id, level="warning", message=f"Returned to the queue: {reason}"))
@@ -214,11 +233,13 @@ class JobStore:
                 }
                 level = "error"
             else:
-                values = {"status": JobStatus.queued.value, "worker_id": None}
+                values = {"status": JobStatus.queued.value, "worker_id": None, "estimated_finish": None}
                 level = "warning"
                 message = f"Worker lost (attempt {attempts} of {max_attempts}); requeued to resume from its checkpoint"
             with self.session() as s:
                 if s.execute(update(Job).where(Job.id == job_id, lost).values(**values)).rowcount:
+                    if values["status"] != JobStatus.queued.value:
+                        _owe_webhook(s, job_id, JobStatus(values["status"]))
                     s.add(JobEvent(job_id=job_id, level=level, message=message))
                     changed.append(job_id)
         return changed
@@ -236,6 +257,60 @@ class JobStore:
     def queue_length(self) -> int:
         with self.session() as s:
             return s.scalar(select(func.count()).where(Job.status == JobStatus.queued.value)) or 0
+
+    def count_by_status(self) -> dict[str, int]:
+        with self.session() as s:
+            found = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+        return {st.value: int(found.get(st.value, 0)) for st in JobStatus}
+
+    def running(self) -> list[Job]:
+        with self.session() as s:
+            return list(s.scalars(select(Job).where(Job.status == JobStatus.running.value)))
+
+    # ---- webhook outbox -----------------------------------------------------------------------
+    def claim_deliveries(self, lease_seconds: float, limit: int = 20) -> list[WebhookDelivery]:
+        """Deliveries due now, each leased (moved `lease_seconds` ahead) so one dispatcher sends it at a time."""
+        now = utcnow()
+        with self.session() as s:
+            due = list(
+                s.execute(
+                    select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
+                    .where(WebhookDelivery.delivered.is_(False), WebhookDelivery.next_attempt_at <= now)
+                    .order_by(WebhookDelivery.next_attempt_at)
+                    .limit(limit)
+                )
+            )
+        claimed = []
+        for delivery_id, at in due:
+            with self.session() as s:
+                won = s.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.id == delivery_id, WebhookDelivery.next_attempt_at == at)
+                    .values(next_attempt_at=now + timedelta(seconds=lease_seconds))
+                ).rowcount
+                if won:
+                    claimed.append(s.get(WebhookDelivery, delivery_id))
+        return claimed
+
+    def record_delivery(
+        self, delivery_id: int, *, status: int | None, error: str | None, done: bool, retry_at: Any = None
+    ) -> None:
+        values: dict[str, Any] = {
+            "attempts": WebhookDelivery.attempts + 1,
+            "last_status": status,
+            "last_error": error,
+            "delivered": done,
+        }
+        if retry_at is not None:
+            values["next_attempt_at"] = retry_at
+        with self.session() as s:
+            s.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values))
+
+    def deliveries(self, job_id: str) -> list[WebhookDelivery]:
+        with self.session() as s:
+            return list(
+                s.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.id))
+            )
 
     # ---- metrics and events -----------------------------------------------------------------
     def add_metrics(self, job_id: str, points: list[dict]) -> None:
@@ -294,3 +369,10 @@ class JobStore:
         if row is None:
             raise NotFound(f"no dataset {dataset_id!r}", field=field)
         return row
+
+
+def _owe_webhook(s: Session, job_id: str, status: JobStatus) -> None:
+    """In the transaction that ends a job: queue its webhook call, if it has a webhook_url."""
+    url = s.scalar(select(Job.webhook_url).where(Job.id == job_id))
+    if url:
+        s.add(WebhookDelivery(job_id=job_id, event=f"job.{status.value}", url=url))

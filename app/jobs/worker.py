@@ -13,12 +13,13 @@ import socket
 import threading
 import time
 import traceback
+from datetime import timedelta
 from pathlib import Path
 
 from app.config import Settings
 from app.core import Core
 from app.errors import JobInterrupted, TrainingError
-from app.jobs.models import Job, JobStatus
+from app.jobs.models import Job, JobStatus, utcnow
 from app.jobs.store import JobStore
 from app.models.loading import LoadedBase, load_base, resolve_dtype
 from app.training.checkpoint import Checkpoints
@@ -75,6 +76,7 @@ class Worker(Core):
         try:
             beat.start()
             hp = Hyperparameters(**job.hyperparameters)
+            reporter.batch_size = hp.batch_size
             train = self.datasets.load(job.train_dataset)
             if job.validation_dataset:
                 val = self.datasets.load(job.validation_dataset)
@@ -187,8 +189,22 @@ class _JobReporter:
     def __init__(self, store: JobStore, job_id: str, worker_id: str, stopping: threading.Event, beat: _Heartbeat):
         self.store, self.job_id, self.worker_id, self.stopping, self.beat = store, job_id, worker_id, stopping, beat
 
+    batch_size = 1
+    _first: tuple[float, int] | None = None  # (time, step) of this attempt's first report
+
     def progress(self, step: int, total_steps: int, epoch: float) -> str | None:
-        stop = self.store.heartbeat(self.job_id, self.worker_id, step=step, total_steps=total_steps, epoch=epoch)
+        now = time.monotonic()
+        extra: dict = {}
+        if self._first is None:
+            self._first = (now, step)
+        elif step > self._first[1] and now > self._first[0]:
+            # Measured over this attempt so far (evaluations included): the ETA and the training speed.
+            per_step = (now - self._first[0]) / (step - self._first[1])
+            extra["estimated_finish"] = utcnow() + timedelta(seconds=per_step * max(0, total_steps - step))
+            extra["samples_per_second"] = round(self.batch_size / per_step, 3)
+        stop = self.store.heartbeat(
+            self.job_id, self.worker_id, step=step, total_steps=total_steps, epoch=epoch, **extra
+        )
         if stop or self.beat.cancelled.is_set():
             return "cancelled"
         if self.stopping.is_set():
