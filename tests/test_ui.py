@@ -97,6 +97,7 @@ def test_dashboard_jobs_charts_live_updates_and_try_it(tmp_path, tiny_models, br
             later = wait_points(page, "loss", more_than=first, timeout=60)
             assert later > first
             assert "running" in page.inner_text("#summary") and page.locator("#hp td").count() > 0
+            page.wait_for_selector("#summary [data-eta]", timeout=30_000)  # estimated_finish, from the step time
             page.screenshot(path=str(ARTIFACTS / "ui-job.png"), full_page=True)
 
             # Jobs table, adapters list, try it, evaluate.

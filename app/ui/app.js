@@ -186,7 +186,7 @@ async function jobScreen(id) {
         <div class="muted">step ${p.step}/${p.total_steps} · epoch ${fmt(p.epoch, 3)}</div> ${cancel}
       </div>
       <div class="muted">created ${when(job.created_at)} · started ${when(job.started_at)} · finished ${when(job.finished_at)}
-        · attempts ${job.attempts}${job.result ? ` · result <a href="#/adapters">${esc(job.result.adapter)}</a>` : ""}</div>
+        · attempts ${job.attempts}${job.estimated_finish ? ` · <span data-eta>ETA ${when(job.estimated_finish)}</span>` : ""}${job.result ? ` · result <a href="#/adapters">${esc(job.result.adapter)}</a>` : ""}</div>
       ${job.error ? `<div class="error">${esc(job.error.code)}: ${esc(job.error.message)}</div>` : ""}
       ${job.result ? `<div>accuracy <b>${fmt(job.result.metrics.accuracy, 3)}</b> · macro-F1 <b>${fmt(job.result.metrics.f1_macro, 3)}</b></div>` : ""}`;
     view.querySelector("#cancel")?.addEventListener("click", () => api(`jobs/${id}/cancel`, { method: "POST" }).then(render, () => {}));
