@@ -108,18 +108,40 @@ class Settings(BaseSettings):
             if v.startswith("["):
                 import json
 
-                return json.loads(v)
-            return [k.strip() for k in v.split(",") if k.strip()]
+                v = json.loads(v)
+            else:
+                v = v.split(",")
+        if isinstance(v, list):
+            return [k.strip() if isinstance(k, str) else k for k in v if not isinstance(k, str) or k.strip()]
         return v
 
     @field_validator("admin_api_keys", "api_keys")
     @classmethod
     def _key_strength(cls, v: list[str]) -> list[str]:
+        out = []
         for key in v:
-            if not key.startswith("sha256:") and len(key) < 16:
+            if key[:7].lower() == "sha256:":
+                digest = key[7:]
+                if len(digest) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digest):
+                    raise ValueError("a hashed API key is sha256: followed by 64 hex digits")
+                key = "sha256:" + digest.lower()
+            elif len(key) < 16:
                 raise ValueError("an API key must be at least 16 characters (or given as sha256:<hex digest>)")
-            if key.startswith("sha256:") and len(key) != 7 + 64:
-                raise ValueError("a hashed API key is sha256: followed by 64 hex digits")
+            out.append(key)
+        return out
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _webhook_secret(cls, v: str | None) -> str | None:
+        if v and v.startswith("whsec_"):
+            import base64
+            import binascii
+
+            try:
+                if len(base64.b64decode(v[6:], validate=True)) < 16:
+                    raise ValueError("a whsec_ webhook secret must decode to at least 16 bytes")
+            except binascii.Error:
+                raise ValueError("a whsec_ webhook secret must be base64 after the prefix") from None
         return v
 
     @field_validator("database_url")
@@ -141,6 +163,10 @@ class Settings(BaseSettings):
                         " (set PEFTSERVE_MODELS_ROOT to the folder that holds your local models)"
                     )
                 src.location = str(path)
+            elif src.kind == "hub" and (src.location.startswith((".", "/", "~")) or Path(src.location).exists()):
+                raise ValueError(  # transformers would load a local folder named like this: not under the root
+                    f"models.{name}: hub model {src.location!r} names a local path; use kind=local under models_root"
+                )
         return self
 
     @property

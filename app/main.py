@@ -47,8 +47,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            pool.stop()  # first: workers checkpoint and requeue their jobs
             webhooks.stop()
-            pool.stop()
             service.close()
 
     app = FastAPI(

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, StrictInt, StrictStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StrictInt,
+    StrictStr,
+    UrlConstraints,
+    model_validator,
+)
 
 from app.jobs.models import Job, JobStatus
 from app.training.config import Hyperparameters
@@ -55,7 +65,7 @@ class JobCreate(BaseModel):
     validation: DataSource | None = None
     validation_split: float = Field(0.1, ge=0, lt=1, description="held out of train when no validation")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    webhook_url: HttpUrl | None = Field(
+    webhook_url: Annotated[HttpUrl, UrlConstraints(max_length=2048)] | None = Field(
         None, description="called with a signed POST when the job ends (succeeded, failed or cancelled)"
     )
 
@@ -120,8 +130,17 @@ class JobPublic(BaseModel):
             else None,
             attempts=job.attempts,
             estimated_finish=job.estimated_finish if status is JobStatus.running else None,
-            webhook_url=job.webhook_url,
+            webhook_url=_masked(job.webhook_url),
         )
+
+
+def _masked(url: str | None) -> str | None:
+    """A webhook URL's origin only: its path and query often carry a token, and read-only keys see jobs."""
+    if not url:
+        return None
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].split("?", 1)[0].rsplit("@", 1)[-1]
+    return f"{scheme}://{host}/…"
 
 
 class JobsPublic(BaseModel):

@@ -47,11 +47,11 @@ def verify(
     try:
         msg_id, timestamp = headers["webhook-id"], int(headers["webhook-timestamp"])
         presented = headers["webhook-signature"].split()
-    except (KeyError, ValueError):
+        expected = sign(secret, msg_id, timestamp, body)
+    except (KeyError, ValueError):  # a header missing or malformed, or a secret that is not valid base64
         return False
     if abs((time.time() if now is None else now) - timestamp) > tolerance:
         return False
-    expected = sign(secret, msg_id, timestamp, body)
     return any(hmac.compare_digest(expected, p) for p in presented)  # several signatures: key rotation
 
 
@@ -83,8 +83,8 @@ class WebhookDispatcher:
         with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
             while not self._stop.wait(self.poll_interval):
                 try:
-                    for delivery in self.store.claim_deliveries(lease_seconds=self.timeout + 30):
-                        self.deliver(client, delivery)
+                    while not self._stop.is_set() and (due := self.store.claim_deliveries(self.timeout + 30)):
+                        self.deliver(client, due[0])
                 except Exception:  # noqa: BLE001 - the store may be briefly unavailable; try again next poll
                     log.warning("webhook dispatch failed", exc_info=True)
 

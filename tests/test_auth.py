@@ -125,7 +125,15 @@ def test_keys_from_environment_comma_separated_and_hashed(monkeypatch):
     assert ring.scope_of("") is None and ring.scope_of("first-admin-key-xy") is None
 
 
-@pytest.mark.parametrize("value", ["short", "sha256:abcd"])
+def test_key_lists_are_trimmed_and_digests_normalised(monkeypatch):
+    digest = hashlib.sha256(b"an-upper-case-digest-key").hexdigest()
+    monkeypatch.setenv("PEFTSERVE_ADMIN_API_KEYS", f'[" json-listed-key-1234 ", "SHA256:{digest.upper()}"]')
+    ring = KeyRing.from_settings(Settings(_env_file=None))
+    assert ring.scope_of("json-listed-key-1234") == "admin"
+    assert ring.scope_of("an-upper-case-digest-key") == "admin"  # SHA256:<HEX> is a digest, not a plain key
+
+
+@pytest.mark.parametrize("value", ["short", "sha256:abcd", "sha256:" + "z" * 64])
 def test_weak_or_malformed_keys_are_refused(monkeypatch, value):
     monkeypatch.setenv("PEFTSERVE_API_KEYS", value)
     with pytest.raises(ValueError, match="API key"):

@@ -96,3 +96,41 @@ def test_a_retried_job_saves_its_adapter_once(tmp_path, tiny_models):
     second = svc.adapters.commit(again, "once", {"job_id": "job_abc", "labels": ["a", "b"]})
     assert second.ref == first.ref == "once@v1" and not again.exists()
     assert [v.ref for v in svc.adapters.versions("once")] == ["once@v1"]
+
+
+def test_a_worker_that_lost_its_job_leaves_it_alone(tmp_path, tiny_models):
+    """Requeued after a missed lease and claimed by another worker: the old one stops without cancelling the
+    job, writing its metrics, or deleting the new owner's checkpoint."""
+    settings = make_settings(tmp_path, tiny_models, checkpoint_steps=5)
+    svc = PeftServe(settings)
+    job = submit(svc, "stolen", toy_sentiment(400), epochs=100, batch_size=2)
+    worker = Worker(settings)
+    thread = threading.Thread(target=worker.run, kwargs={"burst": True})  # returns once it has let go
+    thread.start()
+    deadline = time.monotonic() + 60
+    while svc.store.get_job(job.id).step < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with svc.store.session() as s:  # the lease moves to another worker, as requeue_stale + claim would do
+        from sqlalchemy import update
+
+        from app.jobs.models import Job
+
+        s.execute(update(Job).where(Job.id == job.id).values(worker_id="other:1"))
+    thread.join(60)
+    assert not thread.is_alive()
+    state = svc.store.get_job(job.id)
+    assert state.status == "running" and state.worker_id == "other:1"
+    assert Checkpoints(settings.checkpoints_dir / job.id, 5).path.exists()
+    assert not any(e.message == "Cancelled" for e in svc.store.events(job.id))
+
+
+def test_checkpoints_of_jobs_that_ended_without_a_worker_are_swept(tmp_path, tiny_models):
+    settings = make_settings(tmp_path, tiny_models)
+    svc = PeftServe(settings)
+    queued = submit(svc, "q", toy_sentiment(20))
+    ended = submit(svc, "c", toy_sentiment(20))
+    svc.store.request_cancel(ended.id)  # cancelled while queued (e.g. after a restart requeued it)
+    for j in (queued.id, ended.id, "job_gone"):
+        Checkpoints(settings.checkpoints_dir / j, 5).save({"step": 1})
+    Worker(settings).sweep_checkpoints()
+    assert sorted(p.name for p in settings.checkpoints_dir.iterdir()) == [queued.id]

@@ -121,3 +121,7 @@ def test_local_models_only_under_models_root(tmp_path):
     for location in (str(tmp_path / "elsewhere"), "../elsewhere", "mine/../../elsewhere", "/etc"):
         with pytest.raises(ValueError, match="outside models_root"):
             Settings(_env_file=None, models_root=root, models={"m": ModelSource(kind="local", location=location)})
+    for location in (str(tmp_path), "./mine", "~/x"):  # a "hub" id naming a folder would load from disk
+        with pytest.raises(ValueError, match="names a local path"):
+            Settings(_env_file=None, models_root=root, models={"m": ModelSource(kind="hub", location=location)})
+    assert Settings(_env_file=None, models={"h": ModelSource(kind="hub", location="org/model")}).models["h"]

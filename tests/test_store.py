@@ -71,9 +71,9 @@ def test_cancel_queued_and_running(store):
     store.claim_next("w")  # takes `queued` (the older)
     assert store.get_job(queued.id).status == "running"
     assert store.request_cancel(running.id).status == "cancelled"
-    assert store.heartbeat(queued.id, "w") is False
+    assert store.heartbeat(queued.id, "w") is None
     assert store.request_cancel(queued.id).cancel_requested is True
-    assert store.heartbeat(queued.id, "w") is True  # the worker is told to stop
+    assert store.heartbeat(queued.id, "w") == "cancelled"  # the worker is told to stop
     with pytest.raises(Conflict):
         store.request_cancel(running.id)
     with pytest.raises(NotFound):
@@ -172,4 +172,4 @@ def test_a_worker_that_lost_its_lease_no_longer_owns_the_job(store):
     store.requeue_stale(0.01, max_attempts=3)
     store.claim_next("w2")
     assert not store.owns(job.id, "w1") and store.owns(job.id, "w2")
-    assert store.heartbeat(job.id, "w1") is True  # w1 is told to stop
+    assert store.heartbeat(job.id, "w1") == "lost"  # w1 is told to stop, and why

@@ -111,7 +111,8 @@ def test_shutdown_returns_the_job_to_the_queue(settings):
     worker.stopping.set()
     t.join(30)
     again = svc.store.get_job(job.id)
-    assert again.status == "queued" and again.step == 0
+    assert again.status == "queued" and again.step >= 3 and again.attempts == 0  # not an attempt used up
+    assert (settings.checkpoints_dir / job.id / "checkpoint.pt").exists()  # the next worker resumes from it
 
 
 def test_bad_target_modules_fail_the_job_with_a_clear_error(settings):

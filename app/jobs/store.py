@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import create_engine, delete, event, func, inspect, select, text, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import Conflict, NotFound, ValidationFailed
@@ -56,11 +56,14 @@ class JobStore:
             for column in table.columns:
                 if column.name not in have and column.nullable:
                     kind = column.type.compile(dialect=self.engine.dialect)
-                    with self.engine.begin() as conn:
-                        try:
-                            conn.execute(text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
-                        except OperationalError:  # another process added it first
-                            pass
+                    quote = self.engine.dialect.identifier_preparer.quote
+                    try:
+                        with self.engine.begin() as conn:
+                            conn.execute(
+                                text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
+                            )
+                    except (OperationalError, ProgrammingError):  # another process added it first
+                        pass
 
     def close(self) -> None:
         self.engine.dispose()
@@ -144,6 +147,8 @@ class JobStore:
                         started_at=now,
                         heartbeat_at=now,
                         attempts=Job.attempts + 1,
+                        samples_per_second=None,
+                        estimated_finish=None,
                     )
                 ).rowcount
                 if won:
@@ -152,8 +157,9 @@ class JobStore:
                 return self.get_job(job_id)
         return None
 
-    def heartbeat(self, job_id: str, worker_id: str, **progress: Any) -> bool:
-        """Renew the lease and record progress. Returns True when the job should stop (cancelled/lost)."""
+    def heartbeat(self, job_id: str, worker_id: str, **progress: Any) -> str | None:
+        """Renew the lease and record progress. Returns why the job should stop: "lost" (no longer this
+        worker's: requeued after a missed lease), "cancelled", or None."""
         with self.session() as s:
             owned = s.execute(
                 update(Job)
@@ -161,7 +167,9 @@ class JobStore:
                 .values(heartbeat_at=utcnow(), **progress)
             ).rowcount
             cancel = s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
-        return not owned or bool(cancel)
+        if not owned:
+            return "lost"
+        return "cancelled" if cancel else None
 
     def finish(
         self,
@@ -268,8 +276,9 @@ class JobStore:
             return list(s.scalars(select(Job).where(Job.status == JobStatus.running.value)))
 
     # ---- webhook outbox -----------------------------------------------------------------------
-    def claim_deliveries(self, lease_seconds: float, limit: int = 20) -> list[WebhookDelivery]:
-        """Deliveries due now, each leased (moved `lease_seconds` ahead) so one dispatcher sends it at a time."""
+    def claim_deliveries(self, lease_seconds: float, limit: int = 1) -> list[WebhookDelivery]:
+        """Deliveries due now, each leased (moved `lease_seconds` ahead) so one dispatcher sends it at a time.
+        Claim only what is sent at once (the default, one): the lease runs from the claim."""
         now = utcnow()
         with self.session() as s:
             due = list(
@@ -313,10 +322,17 @@ class JobStore:
             )
 
     # ---- metrics and events -----------------------------------------------------------------
-    def add_metrics(self, job_id: str, points: list[dict]) -> None:
+    def add_metrics(self, job_id: str, points: list[dict], worker_id: str | None = None) -> None:
+        """Append metric points; with `worker_id`, only while that worker still owns the running job."""
         if not points:
             return
         with self.session() as s:
+            if worker_id is not None and not s.scalar(
+                select(func.count()).where(
+                    Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value
+                )
+            ):
+                return
             s.add_all(
                 MetricPoint(job_id=job_id, kind=p["kind"], step=p["step"], epoch=p["epoch"], values=p["values"])
                 for p in points

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from app.config import Settings
 from app.core import Core
-from app.errors import JobInterrupted, TrainingError
+from app.errors import JobInterrupted, NotFound, TrainingError
 from app.jobs.models import Job, JobStatus, utcnow
 from app.jobs.store import JobStore
 from app.models.loading import LoadedBase, load_base, resolve_dtype
@@ -54,6 +54,7 @@ class Worker(Core):
         while not self.stopping.is_set():
             if time.monotonic() - last_sweep > self.settings.lease_seconds / 2:
                 self.store.requeue_stale(self.settings.lease_seconds, self.settings.max_attempts)
+                self.sweep_checkpoints()
                 last_sweep = time.monotonic()
             job = self.store.claim_next(self.worker_id)
             if job is None:
@@ -65,6 +66,17 @@ class Worker(Core):
             done += 1
         self.close()
         return done
+
+    def sweep_checkpoints(self) -> None:
+        """Remove the checkpoints of jobs that ended without a worker (cancelled while queued, failed after
+        lost workers) or no longer exist."""
+        for folder in self.settings.checkpoints_dir.glob("job_*"):
+            try:
+                ended = JobStatus(self.store.get_job(folder.name).status).terminal
+            except NotFound:
+                ended = True
+            if ended:
+                Checkpoints(folder, 1).clear()
 
     def process(self, job: Job) -> None:
         staging: Path | None = None
@@ -130,6 +142,9 @@ class Worker(Core):
         except JobInterrupted as e:
             if e.reason == "cancelled":
                 self.store.finish(job.id, self.worker_id, JobStatus.cancelled, message="Cancelled")
+            elif e.reason == "lost":  # requeued after a missed lease: another worker has it, and its checkpoint
+                log.warning("job %s is no longer ours; stopping without touching it", job.id)
+                keep_checkpoint = True
             else:
                 keep_checkpoint = True
                 self.store.requeue(job.id, self.worker_id, "worker shut down; resumes from its checkpoint")
@@ -168,13 +183,16 @@ class _Heartbeat(threading.Thread):
     def __init__(self, store: JobStore, job_id: str, worker_id: str, interval: float):
         super().__init__(daemon=True)
         self.store, self.job_id, self.worker_id, self.interval = store, job_id, worker_id, interval
-        self.cancelled = threading.Event()
+        self.cancelled = threading.Event()  # set with `reason` when the job must stop
+        self.reason = "cancelled"
         self._done = threading.Event()
 
     def run(self) -> None:
         while not self._done.wait(self.interval):
             try:
-                if self.store.heartbeat(self.job_id, self.worker_id):
+                reason = self.store.heartbeat(self.job_id, self.worker_id)
+                if reason:
+                    self.reason = reason
                     self.cancelled.set()
             except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
                 log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
@@ -205,14 +223,16 @@ class _JobReporter:
         stop = self.store.heartbeat(
             self.job_id, self.worker_id, step=step, total_steps=total_steps, epoch=epoch, **extra
         )
-        if stop or self.beat.cancelled.is_set():
-            return "cancelled"
+        if stop:
+            return stop
+        if self.beat.cancelled.is_set():
+            return self.beat.reason
         if self.stopping.is_set():
             return "shutdown"
         return None
 
     def metrics(self, points: list[dict]) -> None:
-        self.store.add_metrics(self.job_id, points)
+        self.store.add_metrics(self.job_id, points, self.worker_id)
         last = points[-1]
         values = ", ".join(f"{k} {v:.4g}" for k, v in last["values"].items())
         self.store.add_event(self.job_id, f"{last['kind']} step {last['step']}: {values}", type="metrics", data=last)

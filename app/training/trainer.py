@@ -250,6 +250,7 @@ class _Loop:
                     "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(),
                     "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if self.base.device == "cuda" else [],
                 }
             )
 
@@ -290,7 +291,8 @@ class _Loop:
                     run["loss_total"] += float(loss_sum)
                     loss_sum, loss_n = 0.0, 0
                 self._flush(step, total, step / steps_per_epoch)
-                if self.stop_reason == "shutdown" or (checkpoints and step % checkpoints.every_steps == 0):
+                periodic = checkpoints and step % checkpoints.every_steps == 0 and b + 1 < len(batches)
+                if self.stop_reason == "shutdown" or periodic:  # (an epoch's end checkpoints after its evaluation)
                     checkpoint()
                 if self.stop_reason:
                     raise JobInterrupted(self.stop_reason)
@@ -313,9 +315,10 @@ class _Loop:
             if not stop_early and epoch + 1 < hp.epochs:  # epoch boundary: the next one starts from here
                 run.update(epoch=epoch + 1, batch=0, epoch_rng=rng.bit_generator.state)
                 checkpoint()
-            if self.stop_reason:  # cancelled or shut down during the evaluation
-                raise JobInterrupted(self.stop_reason)
-            if stop_early:
+            last = stop_early or epoch + 1 == hp.epochs
+            if self.stop_reason and not (last and self.stop_reason == "shutdown"):
+                raise JobInterrupted(self.stop_reason)  # cancelled, lost, or shut down between epochs
+            if stop_early:  # (a shutdown during the final evaluation lets the finished run save)
                 self.reporter.event(
                     f"Early stop after epoch {epoch + 1}: no better validation macro-F1 for {run['bad_epochs']} epochs",
                     {"best_step": run["best"][1]},
@@ -350,7 +353,15 @@ class _Loop:
         import hashlib
         import json
 
-        key = {"base": self.base.name, "labels": self.labels, "n": [n_train, n_val], "hp": self.hp.model_dump()}
+        key = {
+            "base": self.base.name,
+            "quantization": self.base.quantization,
+            "autocast": self.autocast,
+            "device": self.base.device,
+            "labels": self.labels,
+            "n": [n_train, n_val],
+            "hp": self.hp.model_dump(),
+        }
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
     def _restore(self, saved: dict[str, Any], opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
@@ -361,6 +372,8 @@ class _Loop:
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
+        if self.base.device == "cuda" and saved.get("cuda_rng"):  # dropout masks on the GPU
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
         keys = ("step", "epoch", "batch", "epoch_rng", "tokens", "loss_total", "best", "bad_epochs", "seconds")
         return {k: saved[k] for k in keys} | {"resumed_from": list(saved["resumed_from"])}
 
