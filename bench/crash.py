@@ -113,7 +113,10 @@ def run(jobs: int = 10, seed: int = 0, workdir: Path | None = None, timeout: flo
                     continue
                 subprocess.run(["kill", f"-{signal.SIGKILL.value}", str(pid)], check=False)
                 del plan[job["id"]]
-                kills.append({"job": job["id"], "step": job["progress"]["step"], "at": time.monotonic() - started})
+                kill = {"job": job["id"], "step": job["progress"]["step"], "at": time.monotonic() - started}
+                # A kill can land just as its job ends (saved and recorded): then nothing was lost.
+                kill["after_end"] = c.get(f"/jobs/{job['id']}").json()["status"] != "running"
+                kills.append(kill)
             else:
                 raise TimeoutError("jobs did not finish")
             final = {j: c.get(f"/jobs/{j}").json() for j in ids}
@@ -151,6 +154,8 @@ def run(jobs: int = 10, seed: int = 0, workdir: Path | None = None, timeout: flo
         "jobs": jobs,
         "kills": len(kills),
         "kills_past_a_checkpoint": sum(k["step"] >= CHECKPOINT_STEPS for k in kills),
+        "kills_as_the_job_ended": sum(k["after_end"] for k in kills),
+        "jobs_lost": sum(sum("Worker lost" in e["message"] for e in events[j]) for j in ids),
         "resumes": sum(
             len((final[j].get("result") or {}).get("metrics", {}).get("resumed_from_steps", [])) for j in ids
         ),
