@@ -36,6 +36,14 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out]
 
 
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a killed worker stays one until the server reaps it, within 2 s)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
 def _owner(c: httpx.Client, job_id: str) -> int | None:
     """The pid of the worker that last claimed the job (its "Started on worker host:pid" event)."""
     events = c.get(f"/jobs/{job_id}/events", params={"limit": 500}).json()["data"]
@@ -89,7 +97,7 @@ def run(jobs: int = 10, seed: int = 0, workdir: Path | None = None, timeout: flo
                     break
                 running = [s for s in states.values() if s["status"] == "running"]
                 pid = _owner(c, running[0]["id"]) if running else None
-                if pid is None or pid not in _children(server.proc.pid):
+                if pid is None or pid not in _children(server.proc.pid) or not _alive(pid):
                     time.sleep(0.1)  # nothing running, or still marked running by a worker already dead
                     continue
                 job = running[0]
@@ -109,7 +117,7 @@ def run(jobs: int = 10, seed: int = 0, workdir: Path | None = None, timeout: flo
                     time.sleep(0.05)
                     continue
                 job = c.get(f"/jobs/{job['id']}").json()
-                if job["status"] != "running" or _owner(c, job["id"]) != pid:
+                if job["status"] != "running" or _owner(c, job["id"]) != pid or not _alive(pid):
                     continue
                 subprocess.run(["kill", f"-{signal.SIGKILL.value}", str(pid)], check=False)
                 del plan[job["id"]]
