@@ -104,6 +104,8 @@ def main() -> None:
     headers = {"Authorization": f"Bearer {key}"}
     try:
         run(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600, headers=headers), train_path, test_path)
+    except httpx.HTTPStatusError as e:  # the server's error envelope, not a traceback
+        sys.exit(f"demo: {e.request.method} {e.request.url.path} answered {e.response.status_code}: {e.response.text}")
     finally:
         server.terminate()
         server.wait(30)

@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from app.errors import PayloadTooLarge, ValidationFailed
@@ -49,6 +51,15 @@ def test_parse_jsonl_and_csv():
     assert out == [{"text": "good film", "label": "pos"}, {"text": "bad film", "label": "neg", "text_pair": "q"}]
     csv = b'text,label\n"good, really",1\nbad,0\n'
     assert parse_upload("d.csv", csv, LIMITS) == [{"text": "good, really", "label": "1"}, {"text": "bad", "label": "0"}]
+
+
+def test_jsonl_texts_may_hold_unicode_line_separators():
+    """JSON lines split at "\n" only: U+2028, U+0085 and friends inside a text are part of it (real review
+    snippets carry them; `make demo` uploads such a file)."""
+    texts = ["a\u2028b", "c\x85d", "e\x1cf", "g\u2029h", "i\x0bj"]
+    rows = [{"text": t, "label": lab} for t, lab in zip(texts, "xyxyx", strict=True)]
+    body = "".join(json.dumps(r, ensure_ascii=False) + "\r\n" for r in rows).encode()
+    assert parse_upload("d.jsonl", body, LIMITS) == rows
 
 
 @pytest.mark.parametrize(

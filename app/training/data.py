@@ -151,7 +151,9 @@ def _json_rows(text: str) -> tuple[list, list[int] | None]:
         else:
             return data, None
     rows, lines = [], []
-    for n, line in enumerate(text.splitlines(), start=1):
+    # JSON Lines are separated by "\n" only: str.splitlines() would also split at U+2028, U+0085 and other
+    # characters that real texts carry inside their JSON strings (the Rotten Tomatoes snippets do).
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
