@@ -25,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 
 from app.jobs.models import WebhookDelivery
+from app.jobs.outbox import claim_delivery, record_delivery
 from app.jobs.store import JobStore
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,8 @@ class WebhookDispatcher:
         with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
             while not self._stop.wait(self.poll_interval):
                 try:
-                    while not self._stop.is_set() and (due := self.store.claim_deliveries(self.timeout + 30)):
-                        self.deliver(client, due[0])
+                    while not self._stop.is_set() and (due := claim_delivery(self.store, self.timeout + 30)):
+                        self.deliver(client, due)
                 except Exception:  # noqa: BLE001 - the store may be briefly unavailable; try again next poll
                     log.warning("webhook dispatch failed", exc_info=True)
 
@@ -127,7 +128,7 @@ class WebhookDispatcher:
             retry_at = datetime.now(timezone.utc) + timedelta(
                 seconds=min(3600, self.retry_seconds * 2 ** (attempt - 1))
             )
-        self.store.record_delivery(delivery.id, status=status, error=error, done=ok or give_up, retry_at=retry_at)
+        record_delivery(self.store, delivery.id, status=status, error=error, done=ok or give_up, retry_at=retry_at)
         if ok:
             self.store.add_event(delivery.job_id, f"Webhook {delivery.event} delivered (HTTP {status})")
         else:

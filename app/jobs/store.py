@@ -18,7 +18,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import Conflict, NotFound, ValidationFailed
-from app.jobs.models import Base, DatasetRow, Job, JobEvent, JobStatus, MetricPoint, WebhookDelivery, utcnow
+from app.jobs.models import Base, DatasetRow, Job, JobEvent, JobStatus, MetricPoint, utcnow
+from app.jobs.outbox import owe_webhook
 
 
 def make_engine(url: str) -> Engine:
@@ -122,7 +123,7 @@ class JobStore:
                 .values(status=JobStatus.cancelled.value, finished_at=utcnow(), cancel_requested=True)
             ).rowcount
             if done:
-                _owe_webhook(s, job_id, JobStatus.cancelled)
+                owe_webhook(s, job_id, JobStatus.cancelled)
             else:
                 s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
             s.add(JobEvent(job_id=job_id, message="Cancellation requested"))
@@ -194,7 +195,7 @@ class JobStore:
                 .values(**values)
             ).rowcount
             if done:
-                _owe_webhook(s, job_id, status)
+                owe_webhook(s, job_id, status)
             level = "error" if status is JobStatus.failed else "info"
             s.add(JobEvent(job_id=job_id, level=level, message=message))
 
@@ -247,7 +248,7 @@ class JobStore:
             with self.session() as s:
                 if s.execute(update(Job).where(Job.id == job_id, lost).values(**values)).rowcount:
                     if values["status"] != JobStatus.queued.value:
-                        _owe_webhook(s, job_id, JobStatus(values["status"]))
+                        owe_webhook(s, job_id, JobStatus(values["status"]))
                     s.add(JobEvent(job_id=job_id, level=level, message=message))
                     changed.append(job_id)
         return changed
@@ -274,52 +275,6 @@ class JobStore:
     def running(self) -> list[Job]:
         with self.session() as s:
             return list(s.scalars(select(Job).where(Job.status == JobStatus.running.value)))
-
-    # ---- webhook outbox -----------------------------------------------------------------------
-    def claim_deliveries(self, lease_seconds: float, limit: int = 1) -> list[WebhookDelivery]:
-        """Deliveries due now, each leased (moved `lease_seconds` ahead) so one dispatcher sends it at a time.
-        Claim only what is sent at once (the default, one): the lease runs from the claim."""
-        now = utcnow()
-        with self.session() as s:
-            due = list(
-                s.execute(
-                    select(WebhookDelivery.id, WebhookDelivery.next_attempt_at)
-                    .where(WebhookDelivery.delivered.is_(False), WebhookDelivery.next_attempt_at <= now)
-                    .order_by(WebhookDelivery.next_attempt_at)
-                    .limit(limit)
-                )
-            )
-        claimed = []
-        for delivery_id, at in due:
-            with self.session() as s:
-                won = s.execute(
-                    update(WebhookDelivery)
-                    .where(WebhookDelivery.id == delivery_id, WebhookDelivery.next_attempt_at == at)
-                    .values(next_attempt_at=now + timedelta(seconds=lease_seconds))
-                ).rowcount
-                if won:
-                    claimed.append(s.get(WebhookDelivery, delivery_id))
-        return claimed
-
-    def record_delivery(
-        self, delivery_id: int, *, status: int | None, error: str | None, done: bool, retry_at: Any = None
-    ) -> None:
-        values: dict[str, Any] = {
-            "attempts": WebhookDelivery.attempts + 1,
-            "last_status": status,
-            "last_error": error,
-            "delivered": done,
-        }
-        if retry_at is not None:
-            values["next_attempt_at"] = retry_at
-        with self.session() as s:
-            s.execute(update(WebhookDelivery).where(WebhookDelivery.id == delivery_id).values(**values))
-
-    def deliveries(self, job_id: str) -> list[WebhookDelivery]:
-        with self.session() as s:
-            return list(
-                s.scalars(select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(WebhookDelivery.id))
-            )
 
     # ---- metrics and events -----------------------------------------------------------------
     def add_metrics(self, job_id: str, points: list[dict], worker_id: str | None = None) -> None:
@@ -385,10 +340,3 @@ class JobStore:
         if row is None:
             raise NotFound(f"no dataset {dataset_id!r}", field=field)
         return row
-
-
-def _owe_webhook(s: Session, job_id: str, status: JobStatus) -> None:
-    """In the transaction that ends a job: queue its webhook call, if it has a webhook_url."""
-    url = s.scalar(select(Job.webhook_url).where(Job.id == job_id))
-    if url:
-        s.add(WebhookDelivery(job_id=job_id, event=f"job.{status.value}", url=url))

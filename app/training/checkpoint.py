@@ -9,6 +9,8 @@ containers only, no arbitrary pickled objects.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -62,3 +64,21 @@ class Checkpoints:
 
     def clear(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def fingerprint(**key: Any) -> str:
+    """A digest of what a checkpoint must match to be resumed (JSON-serialisable values)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+RUN_KEYS = ("step", "epoch", "batch", "epoch_rng", "tokens", "loss_total", "best", "bad_epochs", "seconds")
+
+
+def restore_run(saved: dict[str, Any], opt: torch.optim.Optimizer, sched: Any, device: str) -> dict[str, Any]:
+    """Put the optimizer, scheduler and RNGs back as they were; return the run's position and totals."""
+    opt.load_state_dict(saved["optimizer"])
+    sched.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    if device == "cuda" and saved.get("cuda_rng"):  # dropout masks on the GPU
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+    return {k: saved[k] for k in RUN_KEYS} | {"resumed_from": list(saved["resumed_from"])}

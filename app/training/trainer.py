@@ -19,7 +19,8 @@ import torch
 
 from app.errors import JobInterrupted, TrainingError
 from app.models.loading import LoadedBase, new_head
-from app.training.checkpoint import Checkpoints
+from app.training.batches import Encoded, collate, encode, length_grouped_batches
+from app.training.checkpoint import Checkpoints, fingerprint, restore_run
 from app.training.config import Hyperparameters
 
 log = logging.getLogger(__name__)
@@ -106,54 +107,6 @@ def _seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-@dataclass
-class _Encoded:
-    features: list[dict[str, list[int]]]
-    labels: list[int]
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def n_tokens(self, idx: list[int]) -> int:
-        return sum(len(self.features[i]["input_ids"]) for i in idx)
-
-
-def encode(tokenizer: Any, rows: list[dict], label_ids: dict[str, int], max_length: int) -> _Encoded:
-    """Tokenized once, unpadded; batches are padded to their own longest row."""
-    texts = [r["text"] for r in rows]
-    pairs = [r.get("text_pair") for r in rows]
-    has_pairs = any(p is not None for p in pairs)
-    enc = tokenizer(texts, [p or "" for p in pairs] if has_pairs else None, truncation=True, max_length=max_length)
-    keys = list(enc.keys())
-    return _Encoded([{k: enc[k][i] for k in keys} for i in range(len(rows))], [label_ids[r["label"]] for r in rows])
-
-
-def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
-    """Shuffled batches of similar lengths (little padding): shuffle, sort within windows of 50 batches,
-    cut into batches, shuffle the batches."""
-    order = rng.permutation(len(lengths)).tolist()
-    window = batch_size * 50
-    batches: list[list[int]] = []
-    for start in range(0, len(order), window):
-        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
-        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches
-
-
-def collate(data: _Encoded, idx: list[int], pad_id: int, device: str) -> dict[str, torch.Tensor]:
-    width = max(len(data.features[i]["input_ids"]) for i in idx)
-    width = -(-width // 8) * 8  # a multiple of 8: few distinct shapes for the kernels to compile and cache
-    out = {}
-    for key in data.features[idx[0]]:
-        fill = pad_id if key == "input_ids" else 0
-        out[key] = torch.tensor(
-            [data.features[i][key] + [fill] * (width - len(data.features[i][key])) for i in idx], device=device
-        )
-    out["labels"] = torch.tensor([data.labels[i] for i in idx], device=device)
-    return out
 
 
 class _Loop:
@@ -349,36 +302,26 @@ class _Loop:
         return TrainResult(metrics=metrics, labels=self.labels, best_step=best[1] if best else None)
 
     def _fingerprint(self, n_train: int, n_val: int) -> str:
-        """What a checkpoint must match to be resumed: the same base, data sizes, labels and hyperparameters."""
-        import hashlib
-        import json
-
-        key = {
-            "base": self.base.name,
-            "quantization": self.base.quantization,
-            "autocast": self.autocast,
-            "device": self.base.device,
-            "labels": self.labels,
-            "n": [n_train, n_val],
-            "hp": self.hp.model_dump(),
-        }
-        return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+        """What a checkpoint must match to be resumed: the same base, precision, data sizes, labels, settings."""
+        return fingerprint(
+            base=self.base.name,
+            quantization=self.base.quantization,
+            autocast=self.autocast,
+            device=self.base.device,
+            labels=self.labels,
+            n=[n_train, n_val],
+            hp=self.hp.model_dump(),
+        )
 
     def _restore(self, saved: dict[str, Any], opt: torch.optim.Optimizer, sched: Any) -> dict[str, Any]:
         missing = set(self._state()) - set(saved["weights"])
         if missing:
             raise TrainingError("checkpoint_mismatch", f"checkpoint lacks {len(missing)} trainable weights")
         self.model.load_state_dict(saved["weights"], strict=False)
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        if self.base.device == "cuda" and saved.get("cuda_rng"):  # dropout masks on the GPU
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
-        keys = ("step", "epoch", "batch", "epoch_rng", "tokens", "loss_total", "best", "bad_epochs", "seconds")
-        return {k: saved[k] for k in keys} | {"resumed_from": list(saved["resumed_from"])}
+        return restore_run(saved, opt, sched, self.base.device)
 
     @torch.no_grad()
-    def evaluate(self, data: _Encoded, loss_fn: torch.nn.Module) -> dict[str, float]:
+    def evaluate(self, data: Encoded, loss_fn: torch.nn.Module) -> dict[str, float]:
         self.model.eval()
         order = sorted(range(len(data)), key=lambda i: len(data.features[i]["input_ids"]))
         preds, losses = [], []

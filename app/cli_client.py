@@ -1,0 +1,324 @@
+"""The client commands of `peftserve`: `submit`, `jobs`, `watch`, `cancel`, `adapters`, `predict`, `evaluate`.
+
+They talk to a server over HTTP through app.client (httpx) and print with rich; nothing heavy (torch, the
+app) is imported, so they start fast. app/cli.py adds them to the `peftserve` command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+import typer
+
+if TYPE_CHECKING:
+    from app.client import PeftServeClient
+
+commands = typer.Typer()
+
+_STATUS_STYLE = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _fail(message: str, field: str | None = None, code: int = 1) -> NoReturn:
+    from rich.markup import escape
+
+    _console(stderr=True).print(f"[red]error: {escape(message)}" + (f" (field: {escape(field)})" if field else ""))
+    raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _client(ctx: typer.Context) -> Iterator[PeftServeClient]:
+    """A client from the global options; an error answer is printed (message and field) and exits 1."""
+    from app.client import PeftServeAPIError, PeftServeClient
+
+    obj = ctx.obj or {}
+    try:
+        with PeftServeClient(obj.get("url"), obj.get("api_key")) as client:
+            yield client
+    except PeftServeAPIError as e:
+        _fail(e.message, e.field)
+
+
+def _status(status: str) -> str:
+    return f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _parse_hp(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise typer.BadParameter(f"{pair!r} is not key=value", param_hint="--hp")
+        try:
+            out[key.strip()] = json.loads(value)  # 3, 1e-3, true, null, ["query","value"]
+        except ValueError:
+            out[key.strip()] = value  # a bare string: class_weighting=balanced
+    return out
+
+
+@commands.command()
+def submit(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="training data: JSONL or CSV (text, label)"),
+    adapter: str = typer.Option(..., "--adapter", "-a", help="adapter name (a new version if it exists)"),
+    base_model: str | None = typer.Option(None, "--base-model", "-m", help="base model [server default: minilm]"),
+    validation: Path | None = typer.Option(None, exists=True, dir_okay=False, help="validation data file"),
+    validation_split: float | None = typer.Option(None, help="share of train held out when no --validation"),
+    epochs: int | None = typer.Option(None, help="hyperparameter epochs"),
+    batch_size: int | None = typer.Option(None, help="hyperparameter batch_size"),
+    learning_rate: float | None = typer.Option(None, help="hyperparameter learning_rate"),
+    lora_r: int | None = typer.Option(None, help="hyperparameter lora_r"),
+    hp: list[str] | None = typer.Option(None, "--hp", help="any hyperparameter as key=value (JSON value); repeatable"),
+    watch_: bool = typer.Option(
+        False, "--watch", "-w", help="follow the job until it ends (exit 1 unless it succeeds)"
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="print only the job id"),
+) -> None:
+    """Upload a data file and queue a training job."""
+    hyper = _parse_hp(hp or [])
+    flags = {"epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate, "lora_r": lora_r}
+    hyper.update({k: v for k, v in flags.items() if v is not None})
+    with _client(ctx) as client:
+        job = client.submit(
+            adapter,
+            file,
+            validation=validation,
+            base_model=base_model,
+            hyperparameters=hyper,
+            validation_split=validation_split,
+        )
+        if quiet:
+            typer.echo(job["id"])
+        else:
+            _console().print(
+                f"Submitted [bold]{job['id']}[/]: adapter {job['adapter']!r} on {job['base_model']},"
+                f" data {job['train_dataset']} ({_status(job['status'])})"
+            )
+        if watch_:
+            raise typer.Exit(_watch(client, job["id"], quiet=quiet))
+
+
+@commands.command()
+def jobs(
+    ctx: typer.Context,
+    status: str | None = typer.Option(None, "--status", "-s", help="queued, running, succeeded, failed, cancelled"),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, help="most jobs to list, newest first"),
+) -> None:
+    """List jobs, newest first."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    with _client(ctx) as client:
+        rows = client.jobs(status=status, limit=limit)
+    table = Table(box=None, header_style="bold")
+    for name in ("id", "status", "adapter", "base", "progress", "created", "result"):
+        table.add_column(name, no_wrap=name in ("id", "status"))
+    for j in rows:
+        p = j["progress"]
+        progress = f"{p['step']}/{p['total_steps']}" if p["total_steps"] else "-"
+        if j["result"]:
+            m = j["result"]["metrics"]
+            result = j["result"]["adapter"] + (f" f1 {m['f1_macro']:.3f}" if "f1_macro" in m else "")
+        else:
+            result = f"[red]{escape(j['error']['message'])}[/]" if j["error"] else ""
+        table.add_row(
+            j["id"], _status(j["status"]), escape(j["adapter"]), j["base_model"], progress, j["created_at"][:19], result
+        )
+    console = _console()
+    console.print(table) if rows else console.print("no jobs")
+
+
+@commands.command()
+def watch(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB")) -> None:
+    """Follow a job with a progress bar (step, loss, ETA) until it ends; exit 0 if it succeeded, else 1."""
+    with _client(ctx) as client:
+        raise typer.Exit(_watch(client, job_id))
+
+
+def _watch(client: PeftServeClient, job_id: str, quiet: bool = False) -> int:
+    """Follow a job's event stream with a progress bar; the exit code: 0 if it succeeded, 1 if not."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from app.client import TERMINAL, JobEvent
+
+    console = _console()
+    job = client.job(job_id)  # an unknown job fails here, before any bar is drawn
+    lines = not quiet and not console.is_terminal  # no live bar without a terminal: a log line per metrics point
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=quiet,
+    )
+    task = progress.add_task(job_id, total=None, epoch="-", loss="-")
+
+    def refresh(j: dict[str, Any], **fields: Any) -> None:
+        p = j["progress"]
+        progress.update(
+            task, total=p["total_steps"] or None, completed=p["step"], description=f"{job_id} {j['status']}", **fields
+        )
+
+    def show(event: JobEvent) -> None:
+        data = event.data or {}
+        values, epoch = data.get("values") or {}, f"{data.get('epoch', 0):.2f}"
+        if event.type == "metrics" and data.get("kind") == "train":
+            refresh(client.job(job_id), epoch=epoch, loss=_fmt(values.get("loss", "-")))
+            if lines:
+                total = progress.tasks[0].total
+                lr = values.get("learning_rate")
+                console.print(
+                    f"step {data.get('step')}/{int(total) if total else '?'}  epoch {epoch}  loss "
+                    + _fmt(values.get("loss", "-"))
+                    + (f"  lr {lr:.2e}" if lr is not None else "")
+                )
+            return
+        refresh(client.job(job_id))
+        if quiet:
+            return
+        if event.type == "metrics":  # a validation pass
+            shown = "  ".join(f"{k} {_fmt(v)}" for k, v in values.items())
+            console.print(f"[cyan]{data.get('kind', 'eval')}[/] epoch {epoch}  {shown}")
+        else:
+            console.print(f"[{'red' if event.level in ('error', 'warning') else 'dim'}]{escape(event.message)}[/]")
+
+    try:
+        with progress:
+            refresh(job)
+            if job["status"] not in TERMINAL:
+                for event in client.stream_events(job_id):
+                    if event.type == "end":
+                        break
+                    show(event)
+            job = client.job(job_id)
+            refresh(job)
+    except KeyboardInterrupt:
+        console.print(f"\nstopped watching; {job_id} goes on (`peftserve cancel {job_id}` stops it)")
+        return 130
+    return _summary(console, job)
+
+
+def _summary(console: Any, job: dict[str, Any]) -> int:
+    from rich.markup import escape
+
+    line = f"{job['id']} {_status(job['status'])}"
+    if job["result"]:
+        line += f": adapter [bold]{job['result']['adapter']}[/]"
+    console.print(line)
+    if job["result"]:
+        m = job["result"]["metrics"]
+        keys = ("accuracy", "f1_macro", "loss", "train_loss", "steps", "train_seconds", "train_samples_per_second")
+        console.print("  ".join(f"{k} {_fmt(m[k])}" for k in keys if k in m))
+    if job["error"]:
+        console.print(f"[red]{escape(job['error']['code'])}: {escape(job['error']['message'])}[/]")
+    return 0 if job["status"] == "succeeded" else 1
+
+
+@commands.command()
+def cancel(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB")) -> None:
+    """Cancel a queued job, or ask a running one's worker to stop at its next step."""
+    with _client(ctx) as client:
+        job = client.cancel(job_id)
+    note = "" if job["status"] == "cancelled" else " (cancellation requested; it stops at its next step)"
+    _console().print(f"{job['id']} {_status(job['status'])}{note}")
+
+
+@commands.command()
+def adapters(ctx: typer.Context) -> None:
+    """List adapters: versions, base model, labels, validation metrics, and which are loaded."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    with _client(ctx) as client:
+        body = client.adapters()
+    loaded = {a["adapter"] for a in body.get("loaded", [])}
+    table = Table(box=None, header_style="bold")
+    for name in ("name", "latest", "versions", "base", "labels", "accuracy", "f1", "loaded"):
+        table.add_column(name, no_wrap=name in ("name", "latest"))
+    for a in body["data"]:
+        latest = next((v for v in a["versions"] if v["ref"] == a["latest"]), a["versions"][-1])
+        m = latest["metrics"]
+        table.add_row(
+            escape(a["name"]),
+            escape(a["latest"]),
+            str(len(a["versions"])),
+            latest["base_model"],
+            escape(", ".join(latest["labels"])),
+            _fmt(m["accuracy"]) if "accuracy" in m else "-",
+            _fmt(m["f1_macro"]) if "f1_macro" in m else "-",
+            ", ".join(v["ref"] for v in a["versions"] if v["ref"] in loaded) or "-",
+        )
+    console = _console()
+    console.print(table) if body["data"] else console.print("no adapters")
+
+
+@commands.command()
+def predict(
+    ctx: typer.Context,
+    adapter: str = typer.Argument(..., help="`name` (newest version) or `name@vN`"),
+    texts: list[str] = typer.Argument(..., metavar="TEXT...", help="texts to classify"),
+    as_json: bool = typer.Option(False, "--json", help="print the server's JSON"),
+) -> None:
+    """Classify texts with an adapter."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    with _client(ctx) as client:
+        body = client.predict(adapter, texts)
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    console = _console()
+    console.print(f"adapter {body['adapter']}")
+    table = Table(box=None, header_style="bold")
+    table.add_column("label", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("text")
+    for text, p in zip(texts, body["predictions"], strict=True):
+        table.add_row(escape(p["label"]), f"{p['score']:.3f}", escape(text))
+    console.print(table)
+
+
+@commands.command()
+def evaluate(
+    ctx: typer.Context,
+    adapter: str = typer.Argument(..., help="`name` (newest version) or `name@vN`"),
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="labelled data: JSONL or CSV (text, label)"),
+    as_json: bool = typer.Option(False, "--json", help="print the server's JSON"),
+) -> None:
+    """Accuracy, macro precision/recall/F1 and the confusion matrix of an adapter on a labelled file."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    with _client(ctx) as client:
+        body = client.evaluate(adapter, file)
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    console = _console()
+    console.print(f"adapter {body['adapter']} on {body['n']} records")
+    console.print("  ".join(f"{k} {body[k]:.4f}" for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro")))
+    console.print("confusion matrix (rows: true label, columns: predicted)")
+    table = Table(box=None, header_style="bold")
+    table.add_column("")
+    for label in body["labels"]:
+        table.add_column(escape(label), justify="right")
+    for label, row in zip(body["labels"], body["confusion_matrix"], strict=True):
+        table.add_row(escape(label), *map(str, row))
+    console.print(table)

@@ -1,0 +1,58 @@
+"""Training data as the loop consumes it: texts tokenized once (unpadded), length-grouped shuffled batches,
+and each batch padded to its own longest row (rounded up to a multiple of 8)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Encoded:
+    features: list[dict[str, list[int]]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def n_tokens(self, idx: list[int]) -> int:
+        return sum(len(self.features[i]["input_ids"]) for i in idx)
+
+
+def encode(tokenizer: Any, rows: list[dict], label_ids: dict[str, int], max_length: int) -> Encoded:
+    """Tokenized once, unpadded; batches are padded to their own longest row."""
+    texts = [r["text"] for r in rows]
+    pairs = [r.get("text_pair") for r in rows]
+    has_pairs = any(p is not None for p in pairs)
+    enc = tokenizer(texts, [p or "" for p in pairs] if has_pairs else None, truncation=True, max_length=max_length)
+    keys = list(enc.keys())
+    return Encoded([{k: enc[k][i] for k in keys} for i in range(len(rows))], [label_ids[r["label"]] for r in rows])
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
+    """Shuffled batches of similar lengths (little padding): shuffle, sort within windows of 50 batches,
+    cut into batches, shuffle the batches."""
+    order = rng.permutation(len(lengths)).tolist()
+    window = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i])
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(data: Encoded, idx: list[int], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    width = max(len(data.features[i]["input_ids"]) for i in idx)
+    width = -(-width // 8) * 8  # a multiple of 8: few distinct shapes for the kernels to compile and cache
+    out = {}
+    for key in data.features[idx[0]]:
+        fill = pad_id if key == "input_ids" else 0
+        out[key] = torch.tensor(
+            [data.features[i][key] + [fill] * (width - len(data.features[i][key])) for i in idx], device=device
+        )
+    out["labels"] = torch.tensor([data.labels[i] for i in idx], device=device)
+    return out
