@@ -68,7 +68,7 @@ def test_dashboard_jobs_charts_live_updates_and_try_it(tmp_path, tiny_models, br
             done = post_job(c, {**body, "hyperparameters": {**FAST, "epochs": 4}}).json()["id"]
             assert srv.wait_job(c, done)["status"] == "succeeded"
             long_body = {"adapter": "long", "train": {"records": toy_sentiment(400)}}
-            running = post_job(c, {**long_body, "hyperparameters": {**FAST, "epochs": 100, "batch_size": 4}}).json()
+            running = post_job(c, {**long_body, "hyperparameters": {**FAST, "epochs": 100, "batch_size": 2}}).json()
             srv.wait_job(c, running["id"], until=("running",), timeout=60)
 
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
