@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -85,8 +86,26 @@ class JobEvent:
         )
 
 
+def sse_lines(chunks: Iterable[str]) -> Iterator[str]:
+    """Lines of an event stream, split at CR, LF or CRLF only (httpx's iter_lines also splits at U+2028 and
+    other Unicode line breaks, which JSON strings may hold)."""
+    buffer = ""
+    for chunk in chunks:
+        buffer += chunk
+        # a lone CR ends a line only once something follows it (it may be the first half of a CRLF)
+        while m := _LINE_END.search(buffer):
+            yield buffer[: m.start()]
+            buffer = buffer[m.end() :]
+    if buffer:
+        yield buffer.removesuffix("\r")
+
+
+_LINE_END = re.compile(r"\r\n|\r(?=.)|\n", re.S)
+
+
 def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
-    """Server-Sent Events: (event, data, id) per message; comments and `retry:` are skipped."""
+    """Server-Sent Events: (event, data, id) per message; comments and `retry:` are skipped. A message the
+    stream cut off before its closing blank line is dropped, as the SSE spec says."""
     event, data, event_id = "message", [], None
     for line in lines:
         line = line.rstrip("\r\n")
@@ -105,8 +124,6 @@ def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str, str | None]]:
             data.append(value)
         elif name == "id":
             event_id = value
-    if data:
-        yield event, "\n".join(data), event_id
 
 
 class PeftServeClient:
@@ -242,7 +259,7 @@ class PeftServeClient:
                         raise PeftServeAPIError.from_response(r)
                     if not r.headers.get("content-type", "").startswith("text/event-stream"):
                         break  # no stream on this server: poll
-                    for name, data, event_id in parse_sse(r.iter_lines()):
+                    for name, data, event_id in parse_sse(sse_lines(r.iter_text())):
                         payload = json.loads(data) if data else {}
                         if name == "end":
                             yield JobEvent(type="end", message=str(payload.get("status", "")), data=payload)

@@ -391,8 +391,12 @@ UPLOADS = [
     ("csv-missing-label-column", "d.csv", b"text,sentiment\ngood,pos\nbad,neg\n", "file", "label"),
     ("csv-extra-column", "d.csv", b"text,label,score\ngood,pos,1\nbad,neg,0\n", "file", "score"),
     ("csv-duplicate-column", "d.csv", b"text,label,text\ngood,pos,x\nbad,neg,y\n", "file", "text"),
-    ("csv-ragged-row", "d.csv", b"text,label\ngood,pos\nbad,neg,extra\nfine,pos\n", "file", "line 3"),
-    ("csv-unclosed-quote", "d.csv", b'text,label\ngood,pos\n"bad,neg\nfine,pos\n', "file", "EOF inside string"),
+    ("json-nested-too-deeply", "d.json", b"[" * 100_000 + b"]" * 100_000, "file", "nested too deeply"),
+    ("jsonl-int-of-5000-digits", "d.jsonl", b'{"text": "a", "label": ' + b"1" * 5000 + b"}\n", "file", "line 1"),
+    ("jsonl-int-label-300-digits", "d.jsonl", jsonl([rec(label=int("9" * 300)), rec(label=1)]), "file[0].label", "200"),
+    ("csv-ragged-row", "d.csv", b"text,label\ngood,pos\nbad,neg,extra\nfine,pos\n", "file[1]", "line 3"),
+    ("csv-unquoted-comma", "d.csv", b"text,label\nGood, fun film,pos\n", "file[0]", "3 fields"),
+    ("csv-unclosed-quote", "d.csv", b'text,label\ngood,pos\n"bad,neg\nfine,pos\n', "file", "unexpected end of data"),
     ("csv-one-label", "d.csv", b"text,label\ngood,pos\nfine,pos\n", "file", "distinct labels"),
     ("csv-whitespace-text", "d.csv", b"text,label\ngood,pos\n   ,neg\n", "file[1].text", "empty"),
     ("csv-empty-label", "d.csv", b"text,label\ngood,pos\nbad,\n", "file[1].label", "empty"),
@@ -432,6 +436,16 @@ def test_upload_over_the_limit(tmp_path_factory, tiny_models):
         assert "1000" in err["message"]
         assert c.get("/health").status_code == 200
         assert not list(settings.datasets_dir.iterdir())
+        # far over the limit: refused from its Content-Length, before the body is read (nothing spooled)
+        huge = {"content-type": "multipart/form-data; boundary=x", "content-length": str(50 << 20)}
+        r = c.post("/datasets", content=b"--x--", headers=huge)
+        assert r.status_code == 413 and r.json()["error"]["field"] == "file", r.text
+
+
+def test_405_says_which_methods_are_allowed(server):
+    r = server.delete("/jobs")
+    assert r.status_code == 405 and r.json()["error"]["field"] == "method"
+    assert "POST" in r.headers["allow"]  # Starlette names the methods of the first route on that path
 
 
 # ---- path and query parameters -----------------------------------------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import app as cli_app
-from app.client import PeftServeAPIError, PeftServeClient, PeftServeConnectionError, parse_sse
+from app.client import PeftServeAPIError, PeftServeClient, PeftServeConnectionError, parse_sse, sse_lines
 from tests.conftest import ADMIN_KEY, USER_KEY, auth_env
 from tests.test_e2e import Server, free_port
 from tests.tiny import toy_sentiment
@@ -144,10 +144,16 @@ def test_stream_events_parses_sse_and_falls_back_to_polling():
     with mock_client(polling) as c:
         got = list(c.stream_events("job_1", poll_interval=0.01))
     assert [(e.type, e.id) for e in got] == [("metrics", 6), ("end", None)] and got[-1].message == "failed"
-    assert list(parse_sse(["data: a", "data: b", "", "event: x", "data: {}"])) == [
+    assert list(parse_sse(["data: a", "data: b", "", "event: x", "data: {}", ""])) == [
         ("message", "a\nb", None),
         ("x", "{}", None),
     ]
+    assert list(parse_sse(["data: a", "", "data: cut off"])) == [("message", "a", None)]  # no blank line: dropped
+    # Only CR/LF end lines: a U+2028 inside the JSON stays in it, whatever the chunking.
+    stream = 'id: 1\r\nevent: message\r\ndata: {"m": "a\u2028b\x85c"}\r\n\r\n'
+    for cut in range(len(stream)):
+        msgs = list(parse_sse(sse_lines([stream[:cut], stream[cut:]])))
+        assert msgs == [("message", '{"m": "a\u2028b\x85c"}', "1")], cut
 
 
 def test_client_commands_do_not_import_torch_and_report_an_unreachable_server():

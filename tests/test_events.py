@@ -55,6 +55,8 @@ def check_stream(messages: list[dict], job_id: str, status: str = "succeeded") -
 
 
 def test_sse_message_format():
+    # only CR/LF split data lines: U+2028, U+0085 inside the JSON stay on its line
+    assert sse_message('{"m": "a\u2028b\x85c"}') == 'data: {"m": "a\u2028b\x85c"}\n\n'
     assert sse_message('{"a": 1}', event="metrics", id=7) == 'id: 7\nevent: metrics\ndata: {"a": 1}\n\n'
     assert sse_message("one\ntwo") == "data: one\ndata: two\n\n"
 

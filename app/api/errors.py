@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,8 +15,10 @@ from app.errors import PeftServeError
 log = logging.getLogger(__name__)
 
 
-def envelope(status: int, code: str, message: str, field: str | None = None) -> JSONResponse:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def envelope(
+    status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    headers = {**(headers or {}), **({"WWW-Authenticate": "Bearer"} if status == 401 else {})}
     return JSONResponse(
         status_code=status, content={"error": {"code": code, "message": message, "field": field}}, headers=headers
     )
@@ -71,9 +74,29 @@ def install(app: FastAPI) -> None:
         elif exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
             message, field = f"{request.method} is not allowed on {request.url.path!r}; allowed: {allowed}", "method"
-        return envelope(exc.status_code, code, message, field)
+        return envelope(exc.status_code, code, message, field, headers=dict(exc.headers or {}))  # e.g. Allow
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return envelope(500, "internal_error", "internal server error")
+
+
+class UploadLimit:
+    """ASGI middleware: an upload whose Content-Length is over the limit gets its 413 before the body is read
+    (Starlette spools a multipart body to disk before the route runs). The route still checks the bytes."""
+
+    def __init__(self, app: Any, path: str, max_bytes: int, slack: int = 1 << 20):
+        self.app, self.path, self.max_bytes = app, path, max_bytes
+        self.limit = max_bytes + slack  # slack: the multipart framing around the file
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.path:
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > self.limit:
+                response = envelope(
+                    413, "payload_too_large", f"upload is over the limit of {self.max_bytes} bytes", "file"
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -31,7 +31,8 @@ def sse_message(data: str, *, event: str | None = None, id: int | None = None) -
         lines.append(f"id: {id}")
     if event is not None:
         lines.append(f"event: {event}")
-    lines += [f"data: {line}" for line in data.splitlines() or [""]]
+    # SSE lines end at CR or LF only; str.splitlines() would also split at U+2028/U+0085 inside the JSON
+    lines += [f"data: {line}" for line in data.replace("\r\n", "\n").replace("\r", "\n").split("\n")]
     return "\n".join(lines) + "\n\n"
 
 

@@ -7,7 +7,6 @@ import io
 import json
 import math
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +54,7 @@ def validate_records(rows: list[Any], field: str, limits: Limits, min_labels: in
             )
         if isinstance(label, str) and not label.strip():
             raise ValidationFailed("label is empty", field=f"{where}.label")
-        if isinstance(label, str) and (not _encodable(label) or len(label) > 200):
+        if (isinstance(label, str) and not _encodable(label)) or len(str(label)) > 200:  # ints: their digits
             raise ValidationFailed("label must be valid Unicode of at most 200 characters", field=f"{where}.label")
         label_types.add(type(label))
         if len(label_types) > 1:
@@ -148,6 +147,8 @@ def _json_rows(text: str) -> tuple[list, list[int] | None]:
                 raise ValidationFailed(
                     f"could not parse the file as JSON: {e.msg} (line {e.lineno}, column {e.colno})", field="file"
                 ) from None
+        except (ValueError, RecursionError) as e:  # nesting too deep, an integer of thousands of digits
+            raise ValidationFailed(f"could not parse the file as JSON: {_reason(e)}", field="file") from None
         else:
             return data, None
     rows, lines = [], []
@@ -163,6 +164,8 @@ def _json_rows(text: str) -> tuple[list, list[int] | None]:
                 f"could not parse line {n} as JSON: {e.msg} (column {e.colno}); each line must be one JSON object",
                 field="file",
             ) from None
+        except (ValueError, RecursionError) as e:
+            raise ValidationFailed(f"could not parse line {n} as JSON: {_reason(e)}", field="file") from None
         lines.append(n)
     return rows, lines
 
@@ -186,39 +189,40 @@ def _csv_rows(text: str, content: bytes) -> list[dict]:
         raise ValidationFailed(
             f"unknown column(s) {extra} in the header; expected text, label, text_pair", field="file"
         )
-    rows = _load_csv(content, header)
-    # Columns absent from a row come back as None or ""; drop them so validation sees only what was given.
-    return [{k: v for k, v in r.items() if not (k == "text_pair" and v in (None, ""))} for r in rows]
+    rows = _csv_records(text, header)
+    # Empty text_pair cells mean "no pair": drop them so validation sees only what was given.
+    return [{k: v for k, v in r.items() if not (k == "text_pair" and v == "")} for r in rows]
 
 
-def _load_csv(content: bytes, header: list[str]) -> list[dict]:
-    import datasets  # heavy: imported where used
+def _csv_records(text: str, header: list[str]) -> list[dict]:
+    """Every row after the header as a dict of strings (CSV has no types: "01" stays "01"). A row with more
+    or fewer fields than the header is refused, naming it: never shifted or cut silently."""
+    reader = csv.reader(io.StringIO(text), strict=True)  # strict: an unclosed quote is an error, not a row
+    rows: list[dict] = []
+    try:
+        next(reader)
+        for fields in reader:
+            if not fields:  # a blank line
+                continue
+            if len(fields) != len(header):
+                raise ValidationFailed(
+                    f"row has {len(fields)} fields, the header {len(header)} (line {reader.line_num}); quote a text"
+                    " that holds a comma",
+                    field=f"file[{len(rows)}]",
+                )
+            rows.append(dict(zip(header, fields, strict=True)))
+    except csv.Error as e:
+        raise ValidationFailed(f"could not parse the file as CSV: {e} (line {reader.line_num})", field="file") from None
+    if not rows:
+        raise ValidationFailed("needs at least one record; the file has a header only", field="file")
+    return rows
 
-    datasets.disable_progress_bars()
-    # Every column as a string: CSV has no types, and "01" or "1.0" must stay the label they were written as.
-    features = datasets.Features({c: datasets.Value("string") for c in header})
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "upload.csv"
-        path.write_bytes(content)
-        try:
-            ds = datasets.Dataset.from_csv(
-                str(path), cache_dir=tmp, keep_in_memory=True, keep_default_na=False, features=features
-            )
-        except Exception as e:  # datasets wraps the parser's errors (pandas names the line)
-            if "corresponds to no data" in str(e):
-                raise ValidationFailed("needs at least one record; the file has a header only", field="file") from e
-            raise ValidationFailed(f"could not parse the file as CSV: {_first_line(e)}", field="file") from e
-        return ds.to_list()
 
-
-def _first_line(e: BaseException) -> str:
-    """The innermost cause's message (datasets wraps the parser's error in a generic one)."""
-    cause, seen = e, {id(e)}
-    while (nxt := cause.__cause__ or cause.__context__) is not None and id(nxt) not in seen:
-        cause = nxt
-        seen.add(id(nxt))
-    text = str(cause).strip()
-    return text.splitlines()[0][:300] if text else type(cause).__name__
+def _reason(e: BaseException) -> str:
+    """A parser error in one line: RecursionError's text names Python internals, so say what it means."""
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e).splitlines()[0][:300] if str(e) else type(e).__name__
 
 
 def split_validation(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
