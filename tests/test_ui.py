@@ -6,6 +6,7 @@ Skipped with a reason where /usr/bin/chromium or playwright is absent; never dow
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -112,6 +113,20 @@ def test_dashboard_jobs_charts_live_updates_and_try_it(tmp_path, tiny_models, br
                 page.locator(".prediction").first.locator(".score").evaluate_all("els => els.map(e => e.dataset.label)")
             ) == ["neg", "pos"]
             page.screenshot(path=str(ARTIFACTS / "ui-try.png"), full_page=True)
+
+            # Leaving a screen before it has loaded: the adapter list is held back 1 s, and the user moves on
+            # to Jobs meanwhile. Jobs must stay (the Try it form must not land on it late).
+            def slow(route):
+                time.sleep(1.0)
+                route.continue_()
+
+            page.route("**/adapters", slow)
+            page.goto(f"{srv.url}/ui/#/try")
+            page.evaluate("location.hash = '#/jobs'")
+            page.wait_for_selector("#jobs tbody tr")
+            page.wait_for_timeout(2000)
+            assert page.inner_text("#view h1") == "Jobs" and page.locator("#try").count() == 0
+            page.unroute("**/adapters", slow)
 
             page.goto(f"{srv.url}/ui/#/evaluate?adapter=sent")
             page.fill("#records", "\n".join(json.dumps(r) for r in toy_sentiment(20, seed=5)))

@@ -8,6 +8,8 @@ const view = document.getElementById("view");
 const errorBox = document.getElementById("error");
 const keyForm = document.getElementById("key-form");
 let leave = () => {}; // the current screen's clean-up (timers, streams, charts)
+let navGen = 0; // bumped by each navigation: a screen whose await returns after the user left stops there
+const left = (gen) => gen !== navGen;
 
 // ---- helpers ----------------------------------------------------------------------------------
 const esc = (v) => String(v ?? "").replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
@@ -23,7 +25,12 @@ function showError(message) {
   errorBox.hidden = !message;
 }
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
 
 function headers(extra = {}) {
   const key = localStorage.getItem(KEY);
@@ -47,7 +54,7 @@ async function failure(r) {
     message = `${message} — enter an API key`;
   }
   showError(message);
-  return new ApiError(message);
+  return new ApiError(message, r.status);
 }
 
 async function api(path, { method = "GET", body } = {}) {
@@ -98,7 +105,8 @@ async function follow(path, onMessage, signal) {
         }
       }
     } catch (e) {
-      if (signal.aborted || e instanceof ApiError) return;
+      // a 4xx (unknown job, bad key) ends it; a 5xx or a dropped connection (a restarting server) retries
+      if (signal.aborted || (e instanceof ApiError && e.status < 500)) return;
     }
     await sleep(2000);
   }
@@ -128,15 +136,17 @@ function chart(el, name, title, series, yRange) {
 }
 
 // ---- screens ----------------------------------------------------------------------------------
-async function jobsScreen() {
+async function jobsScreen(gen) {
   view.innerHTML = `<h1>Jobs</h1><div class="card"><table id="jobs"><thead><tr>
     <th>job</th><th>adapter</th><th>base</th><th>status</th><th>progress</th><th class="num">step</th>
     <th>created</th><th>result</th></tr></thead><tbody></tbody></table></div>`;
   const body = view.querySelector("tbody");
   let timer;
   const refresh = async () => {
+    if (left(gen)) return;
     try {
       const { data } = await api("jobs?limit=50");
+      if (left(gen)) return;
       body.innerHTML =
         data
           .map((j) => {
@@ -154,7 +164,7 @@ async function jobsScreen() {
   leave = () => clearTimeout(timer);
 }
 
-async function jobScreen(id) {
+async function jobScreen(id, gen) {
   view.innerHTML = `<h1>Job <code>${esc(id)}</code></h1>
     <div class="card" id="summary">Loading…</div>
     <div class="row">
@@ -177,6 +187,7 @@ async function jobScreen(id) {
 
   const render = async () => {
     const [job, m] = await Promise.all([api(`jobs/${id}`), api(`jobs/${id}/metrics`)]);
+    if (left(gen)) return;
     const p = job.progress;
     const cancel = ["queued", "running"].includes(job.status) ? `<button class="secondary" id="cancel">Cancel</button>` : "";
     view.querySelector("#summary").innerHTML = `
@@ -222,19 +233,21 @@ async function jobScreen(id) {
   };
   const onResize = () => Object.values(charts).forEach((c) => c.resize());
   window.addEventListener("resize", onResize);
-  await refresh();
-  follow(`jobs/${id}/events`, onMessage, stop.signal);
-  leave = () => {
+  leave = () => {  // set before the first await: leaving early stops everything this screen starts
     stop.abort();
     window.removeEventListener("resize", onResize);
     Object.values(charts).forEach((c) => c.plot.destroy());
     window.peftserveCharts = {};
   };
+  await refresh();
+  if (left(gen)) return;
+  follow(`jobs/${id}/events`, onMessage, stop.signal);
 }
 
-async function adaptersScreen() {
+async function adaptersScreen(gen) {
   view.innerHTML = `<h1>Adapters</h1><div id="adapters">Loading…</div>`;
   const { data, loaded } = await api("adapters");
+  if (left(gen)) return;
   const resident = new Set(loaded.map((l) => l.adapter));
   view.querySelector("#adapters").innerHTML =
     data
@@ -264,9 +277,11 @@ async function adapterSelect(selected) {
   return `<select id="adapter">${refs.map((r) => `<option${r === selected ? " selected" : ""}>${esc(r)}</option>`).join("")}</select>`;
 }
 
-async function tryScreen(params) {
+async function tryScreen(params, gen) {
+  const select = await adapterSelect(params.get("adapter"));
+  if (left(gen)) return;
   view.innerHTML = `<h1>Try it</h1><form class="card" id="try">
-    <label for="adapter">Adapter</label>${await adapterSelect(params.get("adapter"))}
+    <label for="adapter">Adapter</label>${select}
     <label for="inputs">Texts, one per line</label><textarea id="inputs" required>A lovely, superb film.</textarea>
     <p><button type="submit">Predict</button></p><div id="predictions"></div></form>`;
   view.querySelector("#try").addEventListener("submit", async (ev) => {
@@ -286,9 +301,11 @@ async function tryScreen(params) {
   });
 }
 
-async function evaluateScreen(params) {
+async function evaluateScreen(params, gen) {
+  const select = await adapterSelect(params.get("adapter"));
+  if (left(gen)) return;
   view.innerHTML = `<h1>Evaluate</h1><form class="card" id="evaluate">
-    <label for="adapter">Adapter</label>${await adapterSelect(params.get("adapter"))}
+    <label for="adapter">Adapter</label>${select}
     <label for="records">Labelled records, JSONL: one <code>{"text": …, "label": …}</code> per line</label>
     <textarea id="records" required placeholder='{"text": "a lovely film", "label": "pos"}'></textarea>
     <p><button type="submit">Evaluate</button></p><div id="result"></div></form>`;
@@ -327,6 +344,7 @@ async function evaluateScreen(params) {
 
 // ---- routing ----------------------------------------------------------------------------------
 async function route() {
+  const gen = ++navGen;
   leave();
   leave = () => {};
   showError("");
@@ -335,13 +353,13 @@ async function route() {
   document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("active", a.getAttribute("href") === `#${path}`));
   const job = path.match(/^\/jobs\/([\w-]+)$/);
   try {
-    if (job) await jobScreen(job[1]);
-    else if (path === "/adapters") await adaptersScreen();
-    else if (path === "/try") await tryScreen(params);
-    else if (path === "/evaluate") await evaluateScreen(params);
-    else await jobsScreen();
+    if (job) await jobScreen(job[1], gen);
+    else if (path === "/adapters") await adaptersScreen(gen);
+    else if (path === "/try") await tryScreen(params, gen);
+    else if (path === "/evaluate") await evaluateScreen(params, gen);
+    else await jobsScreen(gen);
   } catch (e) {
-    if (!(e instanceof ApiError)) showError(String(e));
+    if (!(e instanceof ApiError) && !left(gen)) showError(String(e));
   }
 }
 
