@@ -1,5 +1,5 @@
 """The `peftserve` command: `serve` (API + its workers) and `worker` (one standalone worker) here, and the
-client commands (`submit`, `jobs`, `watch`, `cancel`, `adapters`, `predict`, `evaluate`, in app/cli_client.py)
+client commands (`submit`, `jobs`, `watch`, `cancel`, `adapters`, `predict`, `evaluate`, in app/client/commands.py)
 that talk to a server over HTTP."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import os
 
 import typer
 
-from app.cli_client import commands as client_commands
+from app.client.commands import commands as client_commands
 
 app = typer.Typer(help="peftserve: LoRA fine-tuning service", no_args_is_help=True, add_completion=False)
 
@@ -64,7 +64,7 @@ def worker(
     Worker(get_settings(), parent_pid=parent_pid).run(burst=burst)
 
 
-# ---- client commands: they talk to a running server over HTTP (app/client.py) and never import torch ----
+# ---- client commands: they talk to a running server over HTTP (app/client/api.py) and never import torch ----
 # `--url` / `--api-key` go before the command: `peftserve --url http://host:8000 jobs`.
 
 

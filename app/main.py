@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -10,16 +9,14 @@ from fastapi import Depends, FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from app.api import errors
+from app.api.auth import KeyRing
 from app.api.deps import method_access, use_access
 from app.api.routes import adapters, datasets, health, inference, jobs, metrics, ui
-from app.auth import KeyRing
 from app.config import Settings, get_settings
 from app.jobs.pool import WorkerPool
-from app.schemas import ERROR_RESPONSES
+from app.jobs.webhooks import WebhookDispatcher
+from app.schemas import ERROR_RESPONSES, JobPublic
 from app.service import PeftServe
-from app.webhooks import WebhookDispatcher
-
-log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -38,6 +35,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             pool.start()
         webhooks = WebhookDispatcher(
             service.store,
+            lambda job: JobPublic.from_job(job).model_dump(
+                mode="json"
+            ),  # the payload's `data`: the job, as GET shows it
             settings.webhook_secret,
             max_attempts=settings.webhook_max_attempts,
             retry_seconds=settings.webhook_retry_seconds,

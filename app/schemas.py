@@ -17,15 +17,14 @@ from pydantic import (
     model_validator,
 )
 
-from app.jobs.models import Job, JobStatus
+from app.jobs.tables import Job, JobStatus
 from app.training.config import Hyperparameters
+from app.training.data import surrogate_at
 
 
 def _encodable(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        raise ValueError(f"contains an unpaired surrogate at position {e.start}") from None
+    if (at := surrogate_at(value)) is not None:
+        raise ValueError(f"contains an unpaired surrogate at position {at}")
     return value
 
 
@@ -249,18 +248,10 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-class EvaluateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EvaluateRequest(DataSource):
+    """An adapter, and labelled data to score it on: inline records or an uploaded dataset (exactly one)."""
 
     adapter: Text
-    records: list[Record] | None = None
-    dataset: Text | None = None
-
-    @model_validator(mode="after")
-    def _one(self) -> EvaluateRequest:
-        if (self.records is None) == (self.dataset is None):
-            raise ValueError("give either records or dataset")
-        return self
 
 
 class EvaluateResponse(BaseModel):

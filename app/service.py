@@ -7,36 +7,60 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future
+from dataclasses import dataclass
 from importlib.metadata import version as pkg_version
 from typing import Any
 
 from app import schemas
-from app.adapters import AdapterVersion, parse_ref, validate_name
+from app.base_models.loading import resolve_dtype
 from app.config import Settings
-from app.core import Core
 from app.errors import NotFound, PayloadTooLarge, ValidationFailed
 from app.inference.engine import InferenceEngine
 from app.inference.evaluation import evaluate, to_predictions
-from app.jobs.models import DatasetRow, Job
-from app.models.loading import resolve_dtype
+from app.jobs.tables import DatasetRow, Job
+from app.resources import SharedResources
+from app.stores.adapters import AdapterVersion, parse_ref, validate_name
 from app.telemetry import Telemetry
 from app.training.data import Limits, check_split_possible, parse_upload, validate_records
 
 
-class PeftServe(Core):
+@dataclass
+class RequestData:
+    """A request's data, checked: an uploaded dataset's row, or inline records (validated, not stored yet)."""
+
+    uploaded: DatasetRow | None = None
+    records: list[dict] | None = None
+
+    @property
+    def labels(self) -> set[str]:
+        return set(self.uploaded.labels) if self.uploaded else {r["label"] for r in self.records or []}
+
+    @property
+    def size(self) -> int:
+        return self.uploaded.n_records if self.uploaded else len(self.records or [])
+
+
+class PeftServe:
     def __init__(self, settings: Settings):
-        super().__init__(settings)
+        self.resources = SharedResources.open(settings)
+        # The shared resources this core works over, by the names the routes use.
+        self.settings, self.store = settings, self.resources.store
+        self.datasets, self.adapters, self.registry = (
+            self.resources.datasets,
+            self.resources.adapters,
+            self.resources.registry,
+        )
         self.telemetry = Telemetry()
         self.engine = InferenceEngine(
             self.registry,
             self.adapters,
-            self.device,
-            self.quantization,
+            self.resources.device,
+            self.resources.quantization,
             max_loaded=settings.max_loaded_adapters,
             batch_size=settings.predict_batch_size,
             max_loaded_bytes=settings.max_loaded_adapter_bytes,
             batch_wait_ms=settings.batch_wait_ms,
-            dtype=resolve_dtype(settings.inference_dtype, self.device, self.quantization),
+            dtype=resolve_dtype(settings.inference_dtype, self.resources.device, self.resources.quantization),
             on_batch=self.telemetry.batch_rows.observe,
         )
         self.telemetry.watch(self._state)
@@ -44,7 +68,7 @@ class PeftServe(Core):
 
     def close(self) -> None:
         self.engine.close()
-        super().close()
+        self.resources.close()
 
     def _state(self) -> dict[str, Any]:
         """What GET /metrics reports beside the observed latencies (read at each scrape)."""
@@ -60,8 +84,8 @@ class PeftServe(Core):
             version=pkg_version("peftserve"),
             queued=self.store.queue_length(),
             workers=self.settings.workers,
-            device=self.device,
-            quantization=self.quantization,
+            device=self.resources.device,
+            quantization=self.resources.quantization,
             base_models=self.registry.names(),
         )
 
@@ -72,40 +96,42 @@ class PeftServe(Core):
         rows = parse_upload(filename, content, self.limits)
         return self.datasets.save(rows, filename=filename)
 
-    def _rows(
-        self, source: schemas.DataSource | schemas.EvaluateRequest, prefix: str = "", min_labels: int = 2
-    ) -> tuple[DatasetRow | None, list[dict]]:
-        """Records of a request: an uploaded dataset's, or inline ones validated here (and not stored)."""
+    def _data(self, source: schemas.DataSource, prefix: str = "", min_labels: int = 2) -> RequestData:
+        """The data a request names: an uploaded dataset (unknown: a 422 naming the field, as any bad input),
+        or inline records validated here and not stored."""
         if source.dataset is not None:
             try:
-                row = self.datasets.get(source.dataset, field=f"{prefix}dataset")
+                return RequestData(uploaded=self.datasets.get(source.dataset, field=f"{prefix}dataset"))
             except NotFound as e:
                 raise ValidationFailed(e.message, field=e.field) from None
-            return row, self.datasets.load(row.id)
-        rows = validate_records(
-            [r.model_dump(exclude_none=True) for r in source.records or []],
-            f"{prefix}records",
-            self.limits,
-            min_labels=min_labels,
-        )
-        return None, rows
+        records = [r.model_dump(exclude_none=True) for r in source.records or []]
+        return RequestData(records=validate_records(records, f"{prefix}records", self.limits, min_labels=min_labels))
 
-    def _checked(
-        self, source: schemas.DataSource, prefix: str, min_labels: int = 2
-    ) -> tuple[DatasetRow | None, list[dict] | None, set[str], int]:
-        """A job's data checked but not stored yet: (uploaded dataset, or inline rows), its labels, its size."""
-        if source.dataset is not None:
-            try:
-                row = self.datasets.get(source.dataset, field=f"{prefix}dataset")
-            except NotFound as e:
-                raise ValidationFailed(e.message, field=e.field) from None
-            return row, None, set(row.labels), row.n_records
-        _, rows = self._rows(source, prefix, min_labels)
-        return None, rows, {r["label"] for r in rows}, len(rows)
+    def _stored(self, data: RequestData) -> DatasetRow:
+        return data.uploaded or self.datasets.save(data.records or [])
 
     # ---- jobs ---------------------------------------------------------------------------------
     def submit_job(self, body: schemas.JobCreate) -> Job:
         """Check everything first, then store the inline records and queue: a refused job stores nothing."""
+        self._check_target(body)
+        train = self._data(body.train, "train.")
+        validation = self._data(body.validation, "validation.", min_labels=1) if body.validation else None
+        if validation is not None:
+            _check_known_labels(validation, train.labels)
+        else:
+            check_split_possible(train.size, body.validation_split, "validation_split")
+        return self.store.create_job(
+            adapter=body.adapter,
+            base_model=body.base_model,
+            hyperparameters=body.hyperparameters.model_dump(),
+            train_dataset=self._stored(train).id,
+            validation_dataset=self._stored(validation).id if validation is not None else None,
+            validation_split=0.0 if validation is not None else body.validation_split,
+            webhook_url=str(body.webhook_url) if body.webhook_url else None,
+        )
+
+    def _check_target(self, body: schemas.JobCreate) -> None:
+        """What a job produces and where: a valid adapter name, a known base, a webhook this server can sign."""
         validate_name(body.adapter, "adapter")
         if body.base_model not in self.registry.sources:
             raise ValidationFailed(
@@ -115,34 +141,6 @@ class PeftServe(Core):
             raise ValidationFailed(
                 "this server signs webhook calls with PEFTSERVE_WEBHOOK_SECRET, which is not set", field="webhook_url"
             )
-        train, train_rows, train_labels, n_train = self._checked(body.train, "train.")
-        validation = validation_rows = None
-        if body.validation is not None:
-            validation, validation_rows, validation_labels, _ = self._checked(
-                body.validation, "validation.", min_labels=1
-            )
-            unknown = sorted(validation_labels - train_labels)
-            if unknown:
-                label, field = unknown[0], "validation.dataset"
-                if validation_rows is not None:  # name the first row carrying one
-                    row, label = next((i, r["label"]) for i, r in enumerate(validation_rows) if r["label"] in unknown)
-                    field = f"validation.records[{row}].label"
-                raise ValidationFailed(f"label {label!r} does not occur in the training data", field=field)
-        else:
-            check_split_possible(n_train, body.validation_split, "validation_split")
-        if train is None:
-            train = self.datasets.save(train_rows)
-        if validation is None and validation_rows is not None:
-            validation = self.datasets.save(validation_rows)
-        return self.store.create_job(
-            adapter=body.adapter,
-            base_model=body.base_model,
-            hyperparameters=body.hyperparameters.model_dump(),
-            train_dataset=train.id,
-            validation_dataset=validation.id if validation else None,
-            validation_split=body.validation_split if validation is None else 0.0,
-            webhook_url=str(body.webhook_url) if body.webhook_url else None,
-        )
 
     def job_metrics(self, job_id: str) -> schemas.JobMetrics:
         job = self.store.get_job(job_id)
@@ -237,7 +235,8 @@ class PeftServe(Core):
 
     def evaluate(self, body: schemas.EvaluateRequest) -> schemas.EvaluateResponse:
         version = self.adapters.resolve(body.adapter)
-        _, rows = self._rows(body, min_labels=1)
+        data = self._data(body, min_labels=1)
+        rows = data.records if data.records is not None else self.datasets.load(data.uploaded.id)
         known = set(version.labels)
         for i, r in enumerate(rows):
             if r["label"] not in known:
@@ -251,3 +250,15 @@ class PeftServe(Core):
         return schemas.EvaluateResponse(
             adapter=version.ref, **evaluate(version.labels, [r["label"] for r in rows], probs)
         )
+
+
+def _check_known_labels(validation: RequestData, train_labels: set[str]) -> None:
+    """Validation data may only carry labels the training data has; the error names the first row with another."""
+    unknown = sorted(validation.labels - train_labels)
+    if not unknown:
+        return
+    label, field = unknown[0], "validation.dataset"
+    if validation.records is not None:
+        row, label = next((i, r["label"]) for i, r in enumerate(validation.records) if r["label"] in unknown)
+        field = f"validation.records[{row}].label"
+    raise ValidationFailed(f"label {label!r} does not occur in the training data", field=field)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from app.models.loading import resolve_dtype
+from app.base_models.loading import resolve_dtype
 from bench.common import AUTH, Server, load, pct, rt_rows, start_peftserve, table
 
 SHORT = "A warm, funny and beautifully acted film."
@@ -69,9 +69,9 @@ def raw_forward(work: Path, dtype) -> Callable[[str], None]:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
+    from app.base_models.loading import load_tokenizer
+    from app.base_models.registry import ModelRegistry
     from app.config import Settings
-    from app.models.loading import load_tokenizer
-    from app.models.registry import ModelRegistry
 
     settings = Settings(_env_file=None, data_dir=work / "data")
     resolved = ModelRegistry(settings.models, settings.model_cache_dir).resolve("minilm")

@@ -18,9 +18,9 @@ from fastapi import FastAPI
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification
 
+from app.base_models.loading import load_tokenizer
+from app.base_models.registry import ModelRegistry
 from app.config import Settings
-from app.models.loading import load_tokenizer
-from app.models.registry import ModelRegistry
 
 
 def build(adapters_dir: Path, names: list[str]) -> FastAPI:

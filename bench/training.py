@@ -71,8 +71,8 @@ def metrics(labels: list[str], truth: list[str], pred: list[str]) -> dict[str, f
 
 
 def minilm_path() -> str:
+    from app.base_models.registry import ModelRegistry
     from app.config import Settings
-    from app.models.registry import ModelRegistry
 
     settings = Settings(_env_file=None)
     return ModelRegistry(settings.models, settings.model_cache_dir).resolve("minilm").path
@@ -151,11 +151,11 @@ class _Quiet:
 
 def ours(train, val, test, labels, hp_overrides: dict, dtype: torch.dtype):
     """The product's trainer (app.training.trainer) on a base loaded as the worker loads it."""
-    from app.adapters import AdapterStore
+    from app.base_models.loading import load_base
+    from app.base_models.registry import ModelRegistry
     from app.config import Settings
     from app.inference.engine import InferenceEngine
-    from app.models.loading import load_base
-    from app.models.registry import ModelRegistry
+    from app.stores.adapters import LocalAdapterStore
     from app.training.config import Hyperparameters
     from app.training.trainer import train_adapter
 
@@ -164,7 +164,7 @@ def ours(train, val, test, labels, hp_overrides: dict, dtype: torch.dtype):
     base = load_base(registry.resolve("minilm"), "none", "cpu", dtype)
     hp = Hyperparameters(**hp_overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        store = AdapterStore(Path(tmp) / "adapters")
+        store = LocalAdapterStore(Path(tmp) / "adapters")
         staging = store.staging_dir()
         t0 = time.perf_counter()
         result = train_adapter(base, train, val, labels, hp, staging, _Quiet())
@@ -229,7 +229,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     work = Path(tempfile.mkdtemp(prefix="peftserve-bench-train-"))
-    from app.models.loading import resolve_dtype
+    from app.base_models.loading import resolve_dtype
 
     auto = resolve_dtype("auto", "cpu", "none")
     rt_train = sample(rows_of("rt_movie_snippets", "train", work / "rt"), args.speed_n)

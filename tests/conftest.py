@@ -10,7 +10,7 @@ from tests.tiny import build_bert, build_llama
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-# API keys every test server is configured with (auth is on by default; see app/auth.py).
+# API keys every test server is configured with (auth is on by default; see app/api/auth.py).
 ADMIN_KEY = "test-admin-key-0123456789"
 USER_KEY = "test-user-key-0123456789"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}

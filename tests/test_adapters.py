@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from app.adapters import AdapterStore, parse_ref
 from app.errors import NotFound, ValidationFailed
+from app.stores.adapters import LocalAdapterStore, parse_ref
 
 
-def write(store: AdapterStore, name: str, labels=("a", "b")):
+def write(store: LocalAdapterStore, name: str, labels=("a", "b")):
     staging = store.staging_dir()
     (staging / "adapter_config.json").write_text("{}")
     (staging / "adapter_model.safetensors").write_bytes(b"weights-" + name.encode())
@@ -14,7 +14,7 @@ def write(store: AdapterStore, name: str, labels=("a", "b")):
 
 
 def test_versions_pin_and_latest(tmp_path):
-    store = AdapterStore(tmp_path)
+    store = LocalAdapterStore(tmp_path)
     v1, v2 = write(store, "sent"), write(store, "sent")
     assert (v1.ref, v2.ref) == ("sent@v1", "sent@v2")
     assert store.resolve("sent").ref == "sent@v2"
@@ -28,7 +28,7 @@ def test_versions_pin_and_latest(tmp_path):
 
 
 def test_delete_one_version_then_all(tmp_path):
-    store = AdapterStore(tmp_path)
+    store = LocalAdapterStore(tmp_path)
     write(store, "x"), write(store, "x")
     assert [v.ref for v in store.delete("x@v2")] == ["x@v2"]
     assert store.resolve("x").ref == "x@v1"
@@ -45,7 +45,7 @@ def test_delete_one_version_then_all(tmp_path):
 def test_concurrent_commits_get_distinct_versions(tmp_path):
     import threading
 
-    store = AdapterStore(tmp_path)
+    store = LocalAdapterStore(tmp_path)
     refs = []
     threads = [threading.Thread(target=lambda: refs.append(write(store, "c").ref)) for _ in range(8)]
     for t in threads:
@@ -56,7 +56,7 @@ def test_concurrent_commits_get_distinct_versions(tmp_path):
 
 
 def test_half_written_adapter_is_never_visible(tmp_path):
-    store = AdapterStore(tmp_path)
+    store = LocalAdapterStore(tmp_path)
     staging = store.staging_dir()
     (staging / "adapter_model.safetensors").write_bytes(b"partial")  # crash before commit
     assert store.names() == []

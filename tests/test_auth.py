@@ -10,7 +10,7 @@ import sys
 import pytest
 from fastapi.testclient import TestClient
 
-from app.auth import KeyRing
+from app.api.auth import KeyRing
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import ADMIN_HEADERS, ADMIN_KEY, USER_HEADERS, make_settings

@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from app.jobs.models import DatasetRow, Job
+from app.jobs.tables import DatasetRow, Job
 from app.jobs.worker import Worker
 from app.main import create_app
 from tests.conftest import ADMIN_HEADERS, make_settings

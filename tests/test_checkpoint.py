@@ -113,7 +113,7 @@ def test_a_worker_that_lost_its_job_leaves_it_alone(tmp_path, tiny_models):
     with svc.store.session() as s:  # the lease moves to another worker, as requeue_stale + claim would do
         from sqlalchemy import update
 
-        from app.jobs.models import Job
+        from app.jobs.tables import Job
 
         s.execute(update(Job).where(Job.id == job.id).values(worker_id="other:1"))
     thread.join(60)

@@ -31,8 +31,8 @@ def reference_probs(settings, ref: str, texts: list[str]) -> torch.Tensor:
     from peft import PeftModel
     from transformers import AutoModelForSequenceClassification
 
-    from app.models.loading import load_tokenizer
-    from app.models.registry import ModelRegistry
+    from app.base_models.loading import load_tokenizer
+    from app.base_models.registry import ModelRegistry
 
     svc = PeftServe(settings)
     version = svc.adapters.resolve(ref)

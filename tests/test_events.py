@@ -11,7 +11,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from app.jobs.events import sse_message
+from app.api.events import sse_message
 from app.jobs.worker import Worker
 from app.main import create_app
 from tests.conftest import ADMIN_HEADERS

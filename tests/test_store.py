@@ -4,8 +4,8 @@ import time
 import pytest
 
 from app.errors import Conflict, NotFound
-from app.jobs.models import JobStatus
 from app.jobs.store import JobStore
+from app.jobs.tables import JobStatus
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fastapi.testclient import TestClient
 
+from app.jobs.webhooks import sign, verify
 from app.jobs.worker import Worker
 from app.main import create_app
-from app.webhooks import sign, verify
 from tests.conftest import ADMIN_HEADERS, make_settings
 from tests.tiny import toy_sentiment
 

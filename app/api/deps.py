@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.auth import KeyRing, Scope
+from app.api.auth import KeyRing, Scope
 from app.errors import Forbidden, Unauthorized
 from app.service import PeftServe
 

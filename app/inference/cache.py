@@ -19,11 +19,11 @@ import torch
 from safetensors.torch import load as safetensors_load
 from torch import nn
 
-from app.adapters import AdapterStore, AdapterVersion
+from app.base_models.loading import LoadedBase, load_base
+from app.base_models.registry import ModelRegistry
 from app.errors import AdapterUnloadable, NotFound
 from app.inference.multilora import PREFIX, SlotBank, UnsupportedAdapter, parse_lora
-from app.models.loading import LoadedBase, load_base
-from app.models.registry import ModelRegistry
+from app.stores.adapters import AdapterStore, AdapterVersion
 
 log = logging.getLogger(__name__)
 

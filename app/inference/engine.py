@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 
-from app.adapters import AdapterStore, AdapterVersion
+from app.base_models.registry import ModelRegistry
 from app.errors import PeftServeError
 from app.inference.cache import AdapterCache, Resident, ResidentBase
-from app.models.registry import ModelRegistry
+from app.stores.adapters import AdapterStore, AdapterVersion
 
 log = logging.getLogger(__name__)
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import sys
 import threading
 
 from app.config import Settings
 from app.jobs.store import JobStore
+from app.jobs.worker import worker_id
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +55,7 @@ class WorkerPool:
                 if proc.poll() is not None and not self._stop.is_set():
                     log.warning("worker %d exited with %s; restarting it", proc.pid, proc.returncode)
                     try:
-                        lost = self.store.release_worker(
-                            f"{socket.gethostname()}:{proc.pid}", self.settings.max_attempts
-                        )
+                        lost = self.store.release_worker(worker_id(proc.pid), self.settings.max_attempts)
                         if lost:
                             log.warning("requeued the jobs of worker %d: %s", proc.pid, lost)
                     except Exception:  # noqa: BLE001 - the lease sweep recovers them later

@@ -18,8 +18,13 @@ from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import Conflict, NotFound, ValidationFailed
-from app.jobs.models import Base, DatasetRow, Job, JobEvent, JobStatus, MetricPoint, utcnow
 from app.jobs.outbox import owe_webhook
+from app.jobs.tables import Base, DatasetRow, Job, JobEvent, JobStatus, MetricPoint, utcnow
+
+
+def _owned(job_id: str, worker_id: str) -> Any:
+    """The job is running on this worker: the guard of everything a worker writes about its job."""
+    return (Job.id == job_id) & (Job.worker_id == worker_id) & (Job.status == JobStatus.running.value)
 
 
 def make_engine(url: str) -> Engine:
@@ -163,9 +168,7 @@ class JobStore:
         worker's: requeued after a missed lease), "cancelled", or None."""
         with self.session() as s:
             owned = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value)
-                .values(heartbeat_at=utcnow(), **progress)
+                update(Job).where(_owned(job_id, worker_id)).values(heartbeat_at=utcnow(), **progress)
             ).rowcount
             cancel = s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
         if not owned:
@@ -189,11 +192,7 @@ class JobStore:
         if result_adapter:
             values.update(result_adapter=result_adapter, result_metrics=result_metrics)
         with self.session() as s:
-            done = s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value)
-                .values(**values)
-            ).rowcount
+            done = s.execute(update(Job).where(_owned(job_id, worker_id)).values(**values)).rowcount
             if done:
                 owe_webhook(s, job_id, status)
             level = "error" if status is JobStatus.failed else "info"
@@ -205,7 +204,7 @@ class JobStore:
         with self.session() as s:
             done = s.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value)
+                .where(_owned(job_id, worker_id))
                 .values(status=JobStatus.queued.value, worker_id=None, attempts=Job.attempts - 1, estimated_finish=None)
             ).rowcount
             if done:
@@ -255,13 +254,7 @@ class JobStore:
 
     def owns(self, job_id: str, worker_id: str) -> bool:
         with self.session() as s:
-            return bool(
-                s.scalar(
-                    select(func.count()).where(
-                        Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value
-                    )
-                )
-            )
+            return bool(s.scalar(select(func.count()).where(_owned(job_id, worker_id))))
 
     def queue_length(self) -> int:
         with self.session() as s:
@@ -282,11 +275,7 @@ class JobStore:
         if not points:
             return
         with self.session() as s:
-            if worker_id is not None and not s.scalar(
-                select(func.count()).where(
-                    Job.id == job_id, Job.worker_id == worker_id, Job.status == JobStatus.running.value
-                )
-            ):
+            if worker_id is not None and not s.scalar(select(func.count()).where(_owned(job_id, worker_id))):
                 return
             s.add_all(
                 MetricPoint(job_id=job_id, kind=p["kind"], step=p["step"], epoch=p["epoch"], values=p["values"])

@@ -1,6 +1,9 @@
 """A worker process: claim the next queued job, train it on a base model kept loaded, record the result.
 
-Shared resources (the loaded base) are built once and reused by the next job on the same base.
+`process` reads as two halves: `_attempt` does the job (load its data and base, train, commit the adapter)
+and returns an `Outcome` whatever happens; `_record` writes that outcome to the job store (finish, requeue,
+or leave a job another worker now owns alone) and drops the checkpoint unless the job may resume from it.
+Shared resources (the stores, the loaded base) are built once and reused by the next job on the same base.
 `run(burst=True)` drains the queue and returns, which keeps worker tests simple.
 """
 
@@ -13,15 +16,17 @@ import socket
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
+from typing import Literal
 
+from app.base_models.loading import LoadedBase, load_base, resolve_dtype
 from app.config import Settings
-from app.core import Core
 from app.errors import JobInterrupted, NotFound, TrainingError
-from app.jobs.models import Job, JobStatus, utcnow
 from app.jobs.store import JobStore
-from app.models.loading import LoadedBase, load_base, resolve_dtype
+from app.jobs.tables import Job, JobStatus, utcnow
+from app.resources import SharedResources
+from app.stores.adapters import AdapterVersion
 from app.training.checkpoint import Checkpoints
 from app.training.config import Hyperparameters
 from app.training.data import split_validation
@@ -29,10 +34,31 @@ from app.training.data import split_validation
 log = logging.getLogger(__name__)
 
 
-class Worker(Core):
+def worker_id(pid: int | None = None) -> str:
+    """A worker's name in the job store: its host and process id (the pool names a dead child the same way)."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+@dataclass
+class Outcome:
+    """How one attempt at a job ended."""
+
+    kind: Literal["succeeded", "cancelled", "failed", "shutdown", "lost"]
+    adapter: AdapterVersion | None = None  # succeeded: the version saved
+    metrics: dict | None = None  # succeeded: the run's metrics
+    error: tuple[str, str] | None = None  # failed: (code, message)
+
+    @property
+    def ended(self) -> bool:
+        """The job is over (nothing to resume): shutdown requeues it, and a lost job is another worker's now."""
+        return self.kind in ("succeeded", "cancelled", "failed")
+
+
+class Worker:
     def __init__(self, settings: Settings, parent_pid: int | None = None):
-        super().__init__(settings)
-        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.resources = SharedResources.open(settings)
+        self.settings, self.store = settings, self.resources.store
+        self.id = worker_id()
         self.base: LoadedBase | None = None  # kept between jobs on the same base
         self.stopping = threading.Event()
         if parent_pid is not None:  # started by `peftserve serve`: don't outlive it, even after a kill -9
@@ -49,14 +75,15 @@ class Worker(Core):
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stopping.set())
-        log.info("worker %s ready (device=%s, quantization=%s)", self.worker_id, self.device, self.quantization)
+        res = self.resources
+        log.info("worker %s ready (device=%s, quantization=%s)", self.id, res.device, res.quantization)
         done, last_sweep = 0, 0.0
         while not self.stopping.is_set():
             if time.monotonic() - last_sweep > self.settings.lease_seconds / 2:
                 self.store.requeue_stale(self.settings.lease_seconds, self.settings.max_attempts)
                 self.sweep_checkpoints()
                 last_sweep = time.monotonic()
-            job = self.store.claim_next(self.worker_id)
+            job = self.store.claim_next(self.id)
             if job is None:
                 if burst:
                     break
@@ -64,7 +91,7 @@ class Worker(Core):
                 continue
             self.process(job)
             done += 1
-        self.close()
+        res.close()
         return done
 
     def sweep_checkpoints(self) -> None:
@@ -79,29 +106,42 @@ class Worker(Core):
                 Checkpoints(folder, 1).clear()
 
     def process(self, job: Job) -> None:
-        staging: Path | None = None
-        beat = _Heartbeat(self.store, job.id, self.worker_id, self.settings.heartbeat_interval)
-        reporter = _JobReporter(self.store, job.id, self.worker_id, self.stopping, beat)
+        """One claimed job: do it, then record how it ended."""
         # Job ids are ours ("job_" + hex), so the folder stays under checkpoints_dir.
         checkpoints = Checkpoints(self.settings.checkpoints_dir / job.id, self.settings.checkpoint_steps)
-        keep_checkpoint = False
-        try:
-            beat.start()
-            hp = Hyperparameters(**job.hyperparameters)
-            reporter.batch_size = hp.batch_size
-            train = self.datasets.load(job.train_dataset)
-            if job.validation_dataset:
-                val = self.datasets.load(job.validation_dataset)
-            elif job.validation_split > 0:
-                train, val = split_validation(train, job.validation_split, hp.seed)
-            else:
-                val = []
-            labels = sorted({r["label"] for r in train} | {r["label"] for r in val})
-            base = self._base(job.base_model, reporter)
-            reporter.event(f"Training {len(train)} examples, validating on {len(val)}; labels {labels}")
-            staging = self.adapters.staging_dir()
-            from app.training.trainer import train_adapter  # heavy import, worker-only
+        with _Heartbeat(self.store, job.id, self.id, self.settings.heartbeat_interval) as beat:
+            reporter = _JobReporter(self.store, job.id, self.id, self.stopping, beat)
+            outcome = self._attempt(job, reporter, checkpoints)
+        self._record(job, outcome)
+        if outcome.ended:
+            checkpoints.clear()
 
+    # ---- doing the job ------------------------------------------------------------------------
+    def _attempt(self, job: Job, reporter: _JobReporter, checkpoints: Checkpoints) -> Outcome:
+        """Train and commit; every way that can end (done, interrupted, failed) is an Outcome."""
+        try:
+            return self._train_and_commit(job, reporter, checkpoints)
+        except JobInterrupted as e:  # "cancelled", "lost" (requeued after a missed lease) or "shutdown"
+            return Outcome(e.reason)  # type: ignore[arg-type]
+        except TrainingError as e:
+            self.base = None  # a failed set-up may have left the shared base half-wrapped: reload it next time
+            return Outcome("failed", error=(e.code, e.message))
+        except Exception as e:  # noqa: BLE001 - any failure ends the job with a readable error
+            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+            self.base = None
+            return Outcome("failed", error=("training_failed", f"{type(e).__name__}: {e}"[:2000]))
+
+    def _train_and_commit(self, job: Job, reporter: _JobReporter, checkpoints: Checkpoints) -> Outcome:
+        from app.training.trainer import train_adapter  # heavy import, worker-only
+
+        hp = Hyperparameters(**job.hyperparameters)
+        reporter.batch_size = hp.batch_size
+        train, val = self._data(job, hp.seed)
+        labels = sorted({r["label"] for r in train} | {r["label"] for r in val})
+        base = self._base(job.base_model, reporter)
+        reporter.event(f"Training {len(train)} examples, validating on {len(val)}; labels {labels}")
+        staging = self.resources.adapters.staging_dir()
+        try:
             result = train_adapter(
                 base,
                 train,
@@ -113,72 +153,72 @@ class Worker(Core):
                 gradient_checkpointing=self.settings.gradient_checkpointing,
                 checkpoints=checkpoints,
             )
-            if not self.store.owns(job.id, self.worker_id):  # lease lost meanwhile: another worker has it
-                log.warning("job %s is no longer ours; dropping its result", job.id)
-                keep_checkpoint = True
-                return
-            version = self.adapters.commit(
-                staging,
-                job.adapter,
-                {
-                    "base_model": job.base_model,
-                    "labels": labels,
-                    "hyperparameters": hp.model_dump(),
-                    "metrics": result.metrics,
-                    "job_id": job.id,
-                    "quantization": base.quantization,
-                    "head": base.head_name,
-                },
-            )
-            staging = None
-            self.store.finish(
-                job.id,
-                self.worker_id,
-                JobStatus.succeeded,
-                result_adapter=version.ref,
-                result_metrics=result.metrics,
-                message=f"Saved adapter {version.ref}",
-            )
-        except JobInterrupted as e:
-            if e.reason == "cancelled":
-                self.store.finish(job.id, self.worker_id, JobStatus.cancelled, message="Cancelled")
-            elif e.reason == "lost":  # requeued after a missed lease: another worker has it, and its checkpoint
-                log.warning("job %s is no longer ours; stopping without touching it", job.id)
-                keep_checkpoint = True
-            else:
-                keep_checkpoint = True
-                self.store.requeue(job.id, self.worker_id, "worker shut down; resumes from its checkpoint")
-        except TrainingError as e:
-            self.base = None  # a failed set-up may have left the shared base half-wrapped: reload it next time
-            self.store.finish(
-                job.id, self.worker_id, JobStatus.failed, error=(e.code, e.message), message=f"Failed: {e.message}"
-            )
-        except Exception as e:  # noqa: BLE001 - any failure ends the job with a readable error
-            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            self.base = None
-            msg = f"{type(e).__name__}: {e}"[:2000]
-            self.store.finish(
-                job.id, self.worker_id, JobStatus.failed, error=("training_failed", msg), message=f"Failed: {msg}"
+            if not self.store.owns(job.id, self.id):  # lease lost meanwhile: another worker has it
+                return Outcome("lost")
+            meta = {
+                "base_model": job.base_model,
+                "labels": labels,
+                "hyperparameters": hp.model_dump(),
+                "metrics": result.metrics,
+                "job_id": job.id,
+                "quantization": base.quantization,
+                "head": base.head_name,
+            }
+            return Outcome(
+                "succeeded", adapter=self.resources.adapters.commit(staging, job.adapter, meta), metrics=meta["metrics"]
             )
         finally:
-            beat.stop()
-            if staging is not None:
-                self.adapters.discard(staging)
-            if not keep_checkpoint:  # the job ended (saved, failed or cancelled): nothing to resume
-                checkpoints.clear()
+            self.resources.adapters.discard(staging)  # gone already once committed
+
+    def _data(self, job: Job, seed: int) -> tuple[list[dict], list[dict]]:
+        """The job's training and validation rows: its own validation set, or a seeded split of train."""
+        datasets = self.resources.datasets
+        train = datasets.load(job.train_dataset)
+        if job.validation_dataset:
+            return train, datasets.load(job.validation_dataset)
+        if job.validation_split > 0:
+            return split_validation(train, job.validation_split, seed)
+        return train, []
 
     def _base(self, name: str, reporter: _JobReporter) -> LoadedBase:
         if self.base is None or self.base.name != name:
             self.base = None  # one base per worker process: free the old one first
             started = time.perf_counter()
-            dtype = resolve_dtype(self.settings.training_dtype, self.device, self.quantization)
-            self.base = load_base(self.registry.resolve(name), self.quantization, self.device, dtype)
-            reporter.event(f"Loaded base {name} ({self.quantization}) in {time.perf_counter() - started:.1f}s")
+            res = self.resources
+            dtype = resolve_dtype(self.settings.training_dtype, res.device, res.quantization)
+            self.base = load_base(res.registry.resolve(name), res.quantization, res.device, dtype)
+            reporter.event(f"Loaded base {name} ({res.quantization}) in {time.perf_counter() - started:.1f}s")
         return self.base
+
+    # ---- recording what happened --------------------------------------------------------------
+    def _record(self, job: Job, outcome: Outcome) -> None:
+        finish = self.store.finish
+        match outcome.kind:
+            case "succeeded":
+                assert outcome.adapter is not None
+                ref = outcome.adapter.ref
+                finish(
+                    job.id,
+                    self.id,
+                    JobStatus.succeeded,
+                    result_adapter=ref,
+                    result_metrics=outcome.metrics,
+                    message=f"Saved adapter {ref}",
+                )
+            case "cancelled":
+                finish(job.id, self.id, JobStatus.cancelled, message="Cancelled")
+            case "failed":
+                assert outcome.error is not None
+                finish(job.id, self.id, JobStatus.failed, error=outcome.error, message=f"Failed: {outcome.error[1]}")
+            case "shutdown":
+                self.store.requeue(job.id, self.id, "worker shut down; resumes from its checkpoint")
+            case "lost":  # requeued after a missed lease: another worker has it, and its checkpoint
+                log.warning("job %s is no longer ours; stopping without touching it", job.id)
 
 
 class _Heartbeat(threading.Thread):
-    """Renews the job's lease while anything (loading, tokenizing, training) runs; notes cancellation."""
+    """Renews the job's lease while anything (loading, tokenizing, training) runs; notes cancellation.
+    A context manager: beats from entry to exit."""
 
     def __init__(self, store: JobStore, job_id: str, worker_id: str, interval: float):
         super().__init__(daemon=True)
@@ -186,6 +226,13 @@ class _Heartbeat(threading.Thread):
         self.cancelled = threading.Event()  # set with `reason` when the job must stop
         self.reason = "cancelled"
         self._done = threading.Event()
+
+    def __enter__(self) -> _Heartbeat:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
 
     def run(self) -> None:
         while not self._done.wait(self.interval):
@@ -196,9 +243,6 @@ class _Heartbeat(threading.Thread):
                     self.cancelled.set()
             except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
                 log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
-
-    def stop(self) -> None:
-        self._done.set()
 
 
 class _JobReporter:

@@ -54,7 +54,7 @@ def validate_records(rows: list[Any], field: str, limits: Limits, min_labels: in
             )
         if isinstance(label, str) and not label.strip():
             raise ValidationFailed("label is empty", field=f"{where}.label")
-        if (isinstance(label, str) and not _encodable(label)) or len(str(label)) > 200:  # ints: their digits
+        if (isinstance(label, str) and surrogate_at(label) is not None) or len(str(label)) > 200:  # ints: their digits
             raise ValidationFailed("label must be valid Unicode of at most 200 characters", field=f"{where}.label")
         label_types.add(type(label))
         if len(label_types) > 1:
@@ -81,7 +81,7 @@ def _text(row: dict, key: str, where: str, limits: Limits, required: bool) -> st
         raise ValidationFailed(f"{key} must be a string, got {type(value).__name__}", field=f"{where}.{key}")
     if not value.strip():
         raise ValidationFailed(f"{key} is empty", field=f"{where}.{key}")
-    if not _encodable(value):
+    if surrogate_at(value) is not None:
         raise ValidationFailed(f"{key} is not valid Unicode (unpaired surrogate)", field=f"{where}.{key}")
     if len(value) > limits.max_text_chars:
         raise ValidationFailed(
@@ -90,12 +90,14 @@ def _text(row: dict, key: str, where: str, limits: Limits, required: bool) -> st
     return value
 
 
-def _encodable(value: str) -> bool:
+def surrogate_at(value: str) -> int | None:
+    """Where `value` holds an unpaired surrogate (JSON's "\\ud800" decodes to one; no file or tokenizer
+    takes it), or None for valid Unicode."""
     try:
         value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    except UnicodeEncodeError as e:
+        return e.start
+    return None
 
 
 def parse_upload(filename: str, content: bytes, limits: Limits) -> list[dict]:

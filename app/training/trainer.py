@@ -17,8 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from app.base_models.loading import LoadedBase, new_head
 from app.errors import JobInterrupted, TrainingError
-from app.models.loading import LoadedBase, new_head
 from app.training.batches import Encoded, collate, encode, length_grouped_batches
 from app.training.checkpoint import Checkpoints, fingerprint, restore_run
 from app.training.config import Hyperparameters

@@ -4,9 +4,9 @@ from fastapi import APIRouter, Header, Query
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from app.api import events as sse
 from app.api.deps import ServiceDep
-from app.jobs import events as sse
-from app.jobs.models import JobStatus
+from app.jobs.tables import JobStatus
 from app.schemas import EventPublic, EventsPublic, JobCreate, JobMetrics, JobPublic, JobsPublic
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])

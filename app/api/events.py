@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 import anyio
 from anyio import to_thread
 
-from app.jobs.models import JobEvent, JobStatus
 from app.jobs.store import JobStore
+from app.jobs.tables import JobEvent, JobStatus
 from app.schemas import EventPublic
 
 MEDIA_TYPE = "text/event-stream"

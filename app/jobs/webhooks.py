@@ -19,14 +19,14 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta, timezone
 
 import httpx
 
-from app.jobs.models import WebhookDelivery
 from app.jobs.outbox import claim_delivery, record_delivery
 from app.jobs.store import JobStore
+from app.jobs.tables import Job, WebhookDelivery
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +60,14 @@ class WebhookDispatcher:
     def __init__(
         self,
         store: JobStore,
+        describe: Callable[[Job], dict],
         secret: str | None,
         max_attempts: int = 8,
         retry_seconds: float = 2.0,
         timeout: float = 10.0,
         poll_interval: float = 0.5,
     ):
-        self.store, self.secret = store, secret
+        self.store, self.describe, self.secret = store, describe, secret  # describe: a job as the payload's `data`
         self.max_attempts, self.retry_seconds, self.timeout = max_attempts, retry_seconds, timeout
         self.poll_interval = poll_interval
         self._stop = threading.Event()
@@ -84,19 +85,20 @@ class WebhookDispatcher:
         with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
             while not self._stop.wait(self.poll_interval):
                 try:
-                    while not self._stop.is_set() and (due := claim_delivery(self.store, self.timeout + 30)):
+                    while not self._stop.is_set() and (due := self._claim()):
                         self.deliver(client, due)
                 except Exception:  # noqa: BLE001 - the store may be briefly unavailable; try again next poll
                     log.warning("webhook dispatch failed", exc_info=True)
 
-    def body(self, delivery: WebhookDelivery) -> bytes:
-        from app.schemas import JobPublic
+    def _claim(self) -> WebhookDelivery | None:
+        with self.store.session() as s:
+            return claim_delivery(s, self.timeout + 30)
 
-        job = JobPublic.from_job(self.store.get_job(delivery.job_id))
+    def body(self, delivery: WebhookDelivery) -> bytes:
         payload = {
             "type": delivery.event,
             "timestamp": datetime.now(timezone.utc).isoformat(),
-            "data": job.model_dump(mode="json"),
+            "data": self.describe(self.store.get_job(delivery.job_id)),
         }
         return json.dumps(payload, separators=(",", ":")).encode()
 
@@ -128,7 +130,8 @@ class WebhookDispatcher:
             retry_at = datetime.now(timezone.utc) + timedelta(
                 seconds=min(3600, self.retry_seconds * 2 ** (attempt - 1))
             )
-        record_delivery(self.store, delivery.id, status=status, error=error, done=ok or give_up, retry_at=retry_at)
+        with self.store.session() as s:
+            record_delivery(s, delivery.id, status=status, error=error, done=ok or give_up, retry_at=retry_at)
         if ok:
             self.store.add_event(delivery.job_id, f"Webhook {delivery.event} delivered (HTTP {status})")
         else:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from app.models.registry import ResolvedModel
+from app.base_models.registry import ResolvedModel
 
 log = logging.getLogger(__name__)
 

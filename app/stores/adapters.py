@@ -1,7 +1,9 @@
-"""Adapter store: adapters/<name>/v<N>/ with PEFT's files (safetensors only) and a metadata JSON.
+"""Adapter store: named, versioned adapters (PEFT's files, safetensors only, and a metadata JSON).
 
-Versions are written into a staging folder and renamed into place, so a crash never leaves half an
-adapter, and two workers finishing the same name at once get different versions.
+`AdapterStore` is the interface the worker (commit) and the engine (resolve, read) use; `LocalAdapterStore`
+keeps `adapters/<name>/v<N>/` folders. Versions are written into a staging folder and renamed into place,
+so a crash never leaves half an adapter, and two workers finishing the same name at once get different
+versions.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import re
 import shutil
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,7 +89,40 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-class AdapterStore:
+class AdapterStore(ABC):
+    """Versions only ever grow (a pinned `name@vN` never comes to mean another model after a delete), and a
+    commit is idempotent per job id (a job retried after saving gets its first version back)."""
+
+    @abstractmethod
+    def staging_dir(self) -> Path:
+        """An empty local folder for a trainer to write an adapter into, before `commit`."""
+
+    @abstractmethod
+    def discard(self, staging: Path) -> None:
+        """Remove a staging folder that will not be committed."""
+
+    @abstractmethod
+    def commit(self, staging: Path, name: str, meta: dict[str, Any]) -> AdapterVersion:
+        """Publish a fully written staging folder as the next version of `name`."""
+
+    @abstractmethod
+    def resolve(self, ref: str, field: str = "adapter") -> AdapterVersion:
+        """`name` (the newest version) or `name@vN`; NotFound naming `field` otherwise."""
+
+    @abstractmethod
+    def versions(self, name: str, field: str = "name") -> list[AdapterVersion]:
+        """Every version of `name`, oldest first."""
+
+    @abstractmethod
+    def names(self) -> list[str]:
+        """Every adapter name with at least one version."""
+
+    @abstractmethod
+    def delete(self, ref: str, field: str = "name") -> list[AdapterVersion]:
+        """Delete one version (`name@vN`) or every version (`name`); returns what was deleted."""
+
+
+class LocalAdapterStore(AdapterStore):
     def __init__(self, root: Path):
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,45 @@
+"""SharedResources: what the API process and every worker process open alike, built once per process.
+
+The job store (SQL), the dataset and adapter stores, the base-model registry, and the device and
+quantization this process runs with. `PeftServe` (the API's core) and `Worker` each hold one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.base_models.loading import pick_device, resolve_quantization
+from app.base_models.registry import ModelRegistry
+from app.config import Settings
+from app.jobs.store import JobStore
+from app.stores.adapters import AdapterStore, LocalAdapterStore
+from app.stores.datasets import DatasetStore, LocalDatasetStore
+
+
+@dataclass
+class SharedResources:
+    settings: Settings
+    store: JobStore
+    datasets: DatasetStore
+    adapters: AdapterStore
+    registry: ModelRegistry
+    device: str  # "cpu" | "cuda"
+    quantization: str  # "none" | "nf4" | "int8"
+
+    @classmethod
+    def open(cls, settings: Settings) -> SharedResources:
+        settings.ensure_dirs()
+        store = JobStore(settings.db_url)
+        device = pick_device(settings.device)
+        return cls(
+            settings=settings,
+            store=store,
+            datasets=LocalDatasetStore(settings.datasets_dir, store),
+            adapters=LocalAdapterStore(settings.adapters_dir),
+            registry=ModelRegistry(settings.models, settings.model_cache_dir),
+            device=device,
+            quantization=resolve_quantization(settings.quantization, device),
+        )
+
+    def close(self) -> None:
+        self.store.close()
