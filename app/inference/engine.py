@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
+from app.base_models.loading import LoadedBase
 from app.base_models.registry import ModelRegistry
+from app.base_models.tokens import Features, pad, tokenize
 from app.errors import PeftServeError
 from app.inference.cache import AdapterCache, Resident, ResidentBase
 from app.stores.adapters import AdapterStore, AdapterVersion
@@ -235,48 +237,47 @@ class InferenceEngine:
         return results
 
     def _forward(self, slot: ResidentBase, items: list[tuple[_Request, Resident]]) -> dict[int, torch.Tensor]:
-        tok, base, bank = slot.base.tokenizer, slot.base, slot.bank
-        encs: list[dict[str, list[int]]] = []
-        row_slots: list[int] = []
-        for r, res in items:  # tokenized once, unpadded; padded per bucket below
-            wanted = int(r.version.meta.get("hyperparameters", {}).get("max_length", 512))
-            enc = tok(r.texts, r.pairs, truncation=True, max_length=base.max_tokens(wanted))
-            encs.extend({k: enc[k][i] for k in enc.keys()} for i in range(len(r.texts)))
-            row_slots.extend([res.slot] * len(r.texts))
-        order = sorted(range(len(encs)), key=lambda j: len(encs[j]["input_ids"]))
-        lengths = [len(encs[j]["input_ids"]) for j in order]
-        pad = {"input_ids": tok.pad_token_id or 0}
+        """One batch on one base: encode every row once, cut the rows (sorted by length) into the forward
+        passes of least padded cost, pad each, route each row through its adapter's LoRA slot, then put each
+        request's features through its adapter's own head."""
+        rows, row_slots = self._encode(slot.base, items)
+        order = sorted(range(len(rows)), key=lambda j: len(rows[j]["input_ids"]))
+        lengths = [len(rows[j]["input_ids"]) for j in order]
+        pad_id = slot.base.tokenizer.pad_token_id or 0
         feats: torch.Tensor | None = None
-        try:
-            with torch.inference_mode():
-                for lo, hi in buckets(lengths, self.bucket_overhead):
-                    idx = order[lo:hi]
-                    width = lengths[hi - 1]
-                    if hi - lo > 1:  # a multiple of 8: far fewer distinct kernel shapes to compile and cache
-                        width = -(-width // 8) * 8
-                    tensors = {
-                        k: torch.tensor(
-                            [encs[j][k] + [pad.get(k, 0)] * (width - len(encs[j][k])) for j in idx], device=self.device
-                        )
-                        for k in encs[idx[0]]
-                    }
-                    slots = [row_slots[j] for j in idx]
-                    bank.router.rows = torch.tensor(slots, device=self.device)
-                    bank.router.single = slots[0] if len(set(slots)) == 1 else None
-                    f = base.model(**tensors).logits.float()
-                    if feats is None:
-                        feats = f.new_empty(len(encs), f.shape[-1])
-                    feats[idx] = f
-                assert feats is not None
-                out: dict[int, torch.Tensor] = {}
-                start = 0
-                for r, res in items:
-                    f = feats[start : start + len(r.texts)]
-                    start += len(r.texts)
-                    out[id(r)] = torch.softmax(res.head(f.to(res.head.weight.dtype)).float(), dim=-1).cpu()
-        finally:
-            bank.router.rows = bank.router.single = None
-        return out
+        with torch.inference_mode():
+            for lo, hi in buckets(lengths, self.bucket_overhead):
+                idx = order[lo:hi]
+                batch = pad([rows[j] for j in idx], pad_id, self.device, multiple_of=8 if hi - lo > 1 else 1)
+                with slot.bank.routed([row_slots[j] for j in idx]):
+                    f = slot.base.model(**batch).logits.float()
+                if feats is None:
+                    feats = f.new_empty(len(rows), f.shape[-1])
+                feats[idx] = f
+            assert feats is not None
+            return _heads(items, feats)
+
+    @staticmethod
+    def _encode(base: LoadedBase, items: list[tuple[_Request, Resident]]) -> tuple[list[Features], list[int]]:
+        """Every row tokenized once (unpadded, at most the length its adapter trained on), and its slot."""
+        rows: list[Features] = []
+        slots: list[int] = []
+        for r, res in items:
+            wanted = int(r.version.meta.get("hyperparameters", {}).get("max_length", 512))
+            rows += tokenize(base.tokenizer, r.texts, r.pairs, base.max_tokens(wanted))
+            slots += [res.slot] * len(r.texts)
+        return rows, slots
+
+
+def _heads(items: list[tuple[_Request, Resident]], feats: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Each request's rows (consecutive in `feats`) through its adapter's head: probabilities per request."""
+    out: dict[int, torch.Tensor] = {}
+    start = 0
+    for r, res in items:
+        f = feats[start : start + len(r.texts)]
+        start += len(r.texts)
+        out[id(r)] = torch.softmax(res.head(f.to(res.head.weight.dtype)).float(), dim=-1).cpu()
+    return out
 
 
 def buckets(lengths: list[int], overhead: int, window: int = 64) -> list[tuple[int, int]]:

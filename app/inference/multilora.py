@@ -10,6 +10,8 @@ adapters on MiniLM, see NOTES). Loading an adapter is a copy into a free slot; u
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +25,7 @@ class UnsupportedAdapter(ValueError):
 
 
 class Router:
-    """Which slot each row of the running forward uses (`rows`), or None outside the engine's forwards."""
+    """Which slot each row of the running forward uses (`rows`), or None outside `SlotBank.routed`."""
 
     def __init__(self) -> None:
         self.rows: torch.Tensor | None = None
@@ -119,6 +121,7 @@ class SlotBank:
 
     def __init__(self, model: nn.Module, max_slots: int, dtype: torch.dtype = torch.float32):
         self.model, self.max_slots, self.dtype = model, max_slots, dtype
+        self.device = next(model.parameters()).device
         self.router = Router()
         self.layers: dict[str, MultiLoRALinear] = {}
         self.capacity, self.rank = 0, 0
@@ -170,6 +173,16 @@ class SlotBank:
                 layer.A[slot, : a.shape[0]] = a
                 layer.B[slot, :, : a.shape[0]] = b
         return slot
+
+    @contextmanager
+    def routed(self, slots: list[int]) -> Iterator[None]:
+        """Forwards inside this block send row i through the adapter in `slots[i]`."""
+        self.router.rows = torch.tensor(slots, device=self.device)
+        self.router.single = slots[0] if len(set(slots)) == 1 else None
+        try:
+            yield
+        finally:
+            self.router.rows = self.router.single = None
 
     def remove(self, slot: int) -> None:
         for layer in self.layers.values():

@@ -9,10 +9,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.base_models.tokens import Features, pad, tokenize
+
 
 @dataclass
 class Encoded:
-    features: list[dict[str, list[int]]]
+    features: list[Features]
     labels: list[int]
 
     def __len__(self) -> int:
@@ -24,12 +26,12 @@ class Encoded:
 
 def encode(tokenizer: Any, rows: list[dict], label_ids: dict[str, int], max_length: int) -> Encoded:
     """Tokenized once, unpadded; batches are padded to their own longest row."""
-    texts = [r["text"] for r in rows]
     pairs = [r.get("text_pair") for r in rows]
     has_pairs = any(p is not None for p in pairs)
-    enc = tokenizer(texts, [p or "" for p in pairs] if has_pairs else None, truncation=True, max_length=max_length)
-    keys = list(enc.keys())
-    return Encoded([{k: enc[k][i] for k in keys} for i in range(len(rows))], [label_ids[r["label"]] for r in rows])
+    features = tokenize(
+        tokenizer, [r["text"] for r in rows], [p or "" for p in pairs] if has_pairs else None, max_length
+    )
+    return Encoded(features, [label_ids[r["label"]] for r in rows])
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.Generator) -> list[list[int]]:
@@ -46,13 +48,7 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.G
 
 
 def collate(data: Encoded, idx: list[int], pad_id: int, device: str) -> dict[str, torch.Tensor]:
-    width = max(len(data.features[i]["input_ids"]) for i in idx)
-    width = -(-width // 8) * 8  # a multiple of 8: few distinct shapes for the kernels to compile and cache
-    out = {}
-    for key in data.features[idx[0]]:
-        fill = pad_id if key == "input_ids" else 0
-        out[key] = torch.tensor(
-            [data.features[i][key] + [fill] * (width - len(data.features[i][key])) for i in idx], device=device
-        )
-    out["labels"] = torch.tensor([data.labels[i] for i in idx], device=device)
-    return out
+    """The rows `idx` as one padded batch (width a multiple of 8), with their label ids."""
+    batch = pad([data.features[i] for i in idx], pad_id, device)
+    batch["labels"] = torch.tensor([data.labels[i] for i in idx], device=device)
+    return batch
