@@ -71,14 +71,8 @@ def fingerprint(**key: Any) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-RUN_KEYS = ("step", "epoch", "batch", "epoch_rng", "tokens", "loss_total", "best", "bad_epochs", "seconds")
-
-
-def restore_run(saved: dict[str, Any], opt: torch.optim.Optimizer, sched: Any, device: str) -> dict[str, Any]:
-    """Put the optimizer, scheduler and RNGs back as they were; return the run's position and totals."""
-    opt.load_state_dict(saved["optimizer"])
-    sched.load_state_dict(saved["scheduler"])
+def restore_rngs(saved: dict[str, Any], device: str) -> None:
+    """Put the torch RNGs back as they were (dropout masks), on the CPU and, for a CUDA run, the GPU."""
     torch.set_rng_state(saved["torch_rng"])
-    if device == "cuda" and saved.get("cuda_rng"):  # dropout masks on the GPU
+    if device == "cuda" and saved.get("cuda_rng"):
         torch.cuda.set_rng_state_all(saved["cuda_rng"])
-    return {k: saved[k] for k in RUN_KEYS} | {"resumed_from": list(saved["resumed_from"])}
