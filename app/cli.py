@@ -27,8 +27,8 @@ def serve(
 ) -> None:
     """Run the HTTP API and its training workers."""
     # oneDNN (torch's bf16 CPU matmuls) and torch's ideep layer each cache compiled kernels per input shape,
-    # 1,024 by default: with requests of every length those caches kept the server's RSS rising (+60 MB
-    # over 4,500 requests on a warm server). With 64 each, RSS levels off (bench/inference.py). Set before torch
+    # 1,024 by default: with requests of every length those caches kept the server's RSS rising; with 64 each
+    # it levels off (the README's serving figures, bench/inference.py). Set before torch
     # loads; an explicit setting wins.
     os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "64")
     os.environ.setdefault("LRU_CACHE_CAPACITY", "64")

@@ -63,8 +63,8 @@ class TrainingError(Exception):
 
 
 class JobInterrupted(Exception):
-    """Training stopped because the job was cancelled or the worker is shutting down."""
+    """Training stopped: the job was cancelled, another worker took it over, or this worker is shutting down."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
-        self.reason = reason  # "cancelled" | "shutdown"
+        self.reason = reason  # "cancelled" | "lost" (the lease moved to another worker) | "shutdown"

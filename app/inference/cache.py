@@ -13,7 +13,6 @@ import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from safetensors.torch import load as safetensors_load
@@ -133,12 +132,6 @@ class AdapterCache:
         self.bases[res.version.meta["base_model"]].bank.remove(res.slot)
         self.stats["evictions"] += 1
         log.info("unloaded adapter %s", ref)
-
-    def memory(self) -> dict[str, Any]:
-        return {
-            "resident_bytes": sum(r.nbytes for r in self.resident.values()),
-            "slot_bytes": sum(b.bank.nbytes for b in self.bases.values()),
-        }
 
     def loaded(self) -> list[dict]:
         return [

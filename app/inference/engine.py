@@ -75,24 +75,24 @@ class InferenceEngine:
 
     # ---- public ---------------------------------------------------------------------------------
     def predict(
-        self, ref: str, texts: list[str], text_pairs: list[str | None] | None = None, field: str = "adapter"
+        self, ref: str, texts: list[str], text_pairs: list[str | None] | None = None
     ) -> tuple[AdapterVersion, torch.Tensor]:
         """Probabilities [n, n_labels] of the adapter `ref` (newest version unless pinned)."""
-        version, future = self.submit(ref, texts, text_pairs, field)
+        version, future = self.submit(ref, texts, text_pairs)
         return version, future.result()
 
     def submit(
-        self, ref: str, texts: list[str], text_pairs: list[str | None] | None = None, field: str = "adapter"
+        self, ref: str, texts: list[str], text_pairs: list[str | None] | None = None
     ) -> tuple[AdapterVersion, Future]:
         """Queue texts for the batch thread; the future gives their probabilities [n, n_labels]."""
         if not texts:
-            version, done = self.adapters.resolve(ref, field=field), Future()
+            version, done = self.adapters.resolve(ref), Future()
             done.set_result(torch.empty(0, len(version.labels)))
             return version, done
         with self._arriving_lock:
             self._arriving += 1
         try:
-            version = self.adapters.resolve(ref, field=field)
+            version = self.adapters.resolve(ref)
             pairs = [p or "" for p in text_pairs] if text_pairs and any(text_pairs) else None
             # Long requests go in length-sorted slices, so each forward pads little and other callers interleave.
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(pairs[i]) if pairs else 0))
@@ -126,10 +126,6 @@ class InferenceEngine:
         """Drop these versions if resident (after a delete)."""
         with self._lock:
             self.cache.unload(refs)
-
-    def memory(self) -> dict[str, Any]:
-        with self._lock:
-            return self.cache.memory()
 
     def close(self) -> None:
         with self._thread_lock:

@@ -3,8 +3,8 @@
 Every Linear that some adapter targets is wrapped in a `MultiLoRALinear` holding the LoRA weights of all
 resident adapters stacked in slots (A: [slots, r, in], B·scale: [slots, out, r]). A forward gathers each row's
 slot and adds `x @ A_rowᵀ @ B_rowᵀ` with two batched matmuls: the cost does not grow with the number of
-adapters in the batch (peft's `adapter_names` loops over the adapters inside every layer, ~26% slower with 8
-adapters on MiniLM, see NOTES). Loading an adapter is a copy into a free slot; unloading zeroes it.
+adapters in the batch (peft's `adapter_names` loops over the adapters inside every layer, so its cost grows
+with them). Loading an adapter is a copy into a free slot; unloading zeroes it.
 """
 
 from __future__ import annotations
@@ -196,7 +196,3 @@ class SlotBank:
             layer.resize(capacity, rank)
         self.free.extend(range(self.capacity, capacity))
         self.capacity, self.rank = capacity, rank
-
-    @property
-    def nbytes(self) -> int:
-        return sum(layer.A.nbytes + layer.B.nbytes for layer in self.layers.values())

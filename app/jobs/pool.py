@@ -36,7 +36,6 @@ class WorkerPool:
         self.store = store
         self.count = count
         self.procs: list[subprocess.Popen] = []
-        self.restarts = 0
         self._stop = threading.Event()
         self._watch = threading.Thread(target=self._watchdog, daemon=True, name="worker-watchdog")
 
@@ -61,7 +60,6 @@ class WorkerPool:
                     except Exception:  # noqa: BLE001 - the lease sweep recovers them later
                         log.warning("could not requeue the jobs of worker %d", proc.pid, exc_info=True)
                     self.procs[i] = self._spawn()
-                    self.restarts += 1
 
     def stop(self, timeout: float = 15.0) -> None:
         self._stop.set()
