@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint serve clean bench-inference bench-training bench-fuzz bench-load
+.PHONY: install demo test test-fast lint serve clean bench-inference bench-training bench-fuzz bench-load
 
 install: $(STAMP)
 
@@ -28,6 +28,12 @@ test: install
 	$(PY) -m ruff check app tests bench
 	$(PY) -m ruff format --check app tests bench
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q --durations=10
+
+# The fast tier for quick loops: lint, then everything but the end-to-end (real server and worker processes,
+# the browser) and integration (packaged bases, real data) tests. `make test` stays the whole suite.
+test-fast: install
+	$(PY) -m ruff check app tests bench
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m "not e2e and not integration"
 
 lint: install
 	$(PY) -m ruff check app tests bench
