@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 
 if TYPE_CHECKING:
-    from app.client import PeftServeClient
+    from app.client import JobEvent, PeftServeClient
 
 commands = typer.Typer()
 
@@ -150,68 +150,82 @@ def watch(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB")) 
 
 def _watch(client: PeftServeClient, job_id: str, quiet: bool = False) -> int:
     """Follow a job's event stream with a progress bar; the exit code: 0 if it succeeded, 1 if not."""
-    from rich.markup import escape
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from app.client import TERMINAL
 
-    from app.client import TERMINAL, JobEvent
-
-    console = _console()
     job = client.job(job_id)  # an unknown job fails here, before any bar is drawn
-    lines = not quiet and not console.is_terminal  # no live bar without a terminal: a log line per metrics point
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        disable=quiet,
-    )
-    task = progress.add_task(job_id, total=None, epoch="-", loss="-")
+    view = _JobView(client, job_id, quiet)
+    try:
+        with view.progress:
+            view.refresh(job)
+            if job["status"] not in TERMINAL:
+                for event in client.stream_events(job_id):
+                    if event.type == "end":
+                        break
+                    view.show(event)
+            job = client.job(job_id)
+            view.refresh(job)
+    except KeyboardInterrupt:
+        view.console.print(f"\nstopped watching; {job_id} goes on (`peftserve cancel {job_id}` stops it)")
+        return 130
+    return _summary(view.console, job)
 
-    def refresh(j: dict[str, Any], **fields: Any) -> None:
-        p = j["progress"]
-        progress.update(
-            task, total=p["total_steps"] or None, completed=p["step"], description=f"{job_id} {j['status']}", **fields
+
+class _JobView:
+    """A job on the terminal: a live progress bar (step of total, epoch, loss, ETA) and a line per event; without
+    a terminal (piped), a plain line per training point instead of the bar."""
+
+    def __init__(self, client: PeftServeClient, job_id: str, quiet: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.client, self.job_id, self.quiet = client, job_id, quiet
+        self.console = _console()
+        self.lines = not quiet and not self.console.is_terminal
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=quiet,
+        )
+        self.task = self.progress.add_task(job_id, total=None, epoch="-", loss="-")
+
+    def refresh(self, job: dict[str, Any], **fields: Any) -> None:
+        p = job["progress"]
+        self.progress.update(
+            self.task,
+            total=p["total_steps"] or None,
+            completed=p["step"],
+            description=f"{self.job_id} {job['status']}",
+            **fields,
         )
 
-    def show(event: JobEvent) -> None:
+    def show(self, event: JobEvent) -> None:
+        from rich.markup import escape
+
         data = event.data or {}
         values, epoch = data.get("values") or {}, f"{data.get('epoch', 0):.2f}"
         if event.type == "metrics" and data.get("kind") == "train":
-            refresh(client.job(job_id), epoch=epoch, loss=_fmt(values.get("loss", "-")))
-            if lines:
-                total = progress.tasks[0].total
+            self.refresh(self.client.job(self.job_id), epoch=epoch, loss=_fmt(values.get("loss", "-")))
+            if self.lines:
+                total = self.progress.tasks[0].total
                 lr = values.get("learning_rate")
-                console.print(
+                self.console.print(
                     f"step {data.get('step')}/{int(total) if total else '?'}  epoch {epoch}  loss "
                     + _fmt(values.get("loss", "-"))
                     + (f"  lr {lr:.2e}" if lr is not None else "")
                 )
             return
-        refresh(client.job(job_id))
-        if quiet:
+        self.refresh(self.client.job(self.job_id))
+        if self.quiet:
             return
         if event.type == "metrics":  # a validation pass
             shown = "  ".join(f"{k} {_fmt(v)}" for k, v in values.items())
-            console.print(f"[cyan]{data.get('kind', 'eval')}[/] epoch {epoch}  {shown}")
+            self.console.print(f"[cyan]{data.get('kind', 'eval')}[/] epoch {epoch}  {shown}")
         else:
-            console.print(f"[{'red' if event.level in ('error', 'warning') else 'dim'}]{escape(event.message)}[/]")
-
-    try:
-        with progress:
-            refresh(job)
-            if job["status"] not in TERMINAL:
-                for event in client.stream_events(job_id):
-                    if event.type == "end":
-                        break
-                    show(event)
-            job = client.job(job_id)
-            refresh(job)
-    except KeyboardInterrupt:
-        console.print(f"\nstopped watching; {job_id} goes on (`peftserve cancel {job_id}` stops it)")
-        return 130
-    return _summary(console, job)
+            style = "red" if event.level in ("error", "warning") else "dim"
+            self.console.print(f"[{style}]{escape(event.message)}[/]")
 
 
 def _summary(console: Any, job: dict[str, Any]) -> int:
