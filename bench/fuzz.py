@@ -7,7 +7,9 @@ burst worker (so /predict, /evaluate and the job routes reach real code), leaves
 POST /jobs only queues), then generates cases for every operation of `/openapi.json`, positive and negative,
 sends each with an admin key and checks: no 5xx, the status code is documented, the content type and the body
 match the documented response. Prints the cases per operation, the total, the failures by check, wall time.
-`tests/test_fuzz.py` runs the same harness with a small count.
+Exits 1 if any check failed, if any operation of the document got no case, or if schemathesis could not
+generate cases for an operation (a negative mode is only asked of operations with an input to break).
+`tests/test_fuzz.py` runs it with a fixed seed and 200 cases (`--json` gives it the report).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import Failure, FailureGroup
+from schemathesis.core.result import Err
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
@@ -40,6 +43,9 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 MODES = (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
 CALL_TIMEOUT_S = 30  # a call that takes longer is reported (an event stream that never ends, a hang)
 HP = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-2, "target_modules": ["query", "value"]}
+# The admin key of the fuzzed app, and the header every case is sent with.
+FUZZ_KEY = "fuzz-admin-key-0123456789"
+HEADERS = {"Authorization": f"Bearer {FUZZ_KEY}"}
 
 
 @dataclass
@@ -53,19 +59,38 @@ class State:
 
 @dataclass
 class Report:
+    operations: list[str] = field(default_factory=list)  # "METHOD /path" of every operation in the document
     cases: Counter = field(default_factory=Counter)  # "METHOD /path" -> cases sent
     statuses: Counter = field(default_factory=Counter)  # status code -> responses
     failures: Counter = field(default_factory=Counter)  # check (failure kind) -> failing cases
     examples: dict[str, str] = field(default_factory=dict)  # "check on operation" -> one failing case
+    errors: dict[str, str] = field(default_factory=dict)  # "operation mode" -> why schemathesis generated nothing
     wall_s: float = 0.0
 
     @property
     def total(self) -> int:
         return sum(self.cases.values())
 
+    @property
+    def missing(self) -> list[str]:
+        """Operations of the document that no case exercised."""
+        return [op for op in self.operations if not self.cases[op]]
+
+    @property
+    def problems(self) -> list[str]:
+        """Why this run fails; empty when it passes."""
+        out = []
+        if self.failures:
+            out.append("failed checks: " + ", ".join(f"{k}: {n}" for k, n in sorted(self.failures.items())))
+        if self.missing:
+            out.append(f"operations not exercised: {', '.join(self.missing)}")
+        if self.errors:
+            out.append(f"schemathesis errors: {', '.join(sorted(self.errors))}")
+        return out
+
     def summary(self) -> str:
-        width = max(len(op) for op in self.cases)
-        lines = [f"{op.ljust(width)}  {n:5d}" for op, n in sorted(self.cases.items())]
+        width = max(len(op) for op in [*self.operations, *self.cases, "total"])
+        lines = [f"{op.ljust(width)}  {self.cases[op]:5d}" for op in sorted({*self.operations, *self.cases})]
         lines.append(f"{'total'.ljust(width)}  {self.total:5d} cases in {self.wall_s:.1f} s")
         lines.append("statuses: " + ", ".join(f"{s}: {n}" for s, n in sorted(self.statuses.items())))
         if self.failures:
@@ -73,26 +98,59 @@ class Report:
             lines += [f"--- {k}\n{v}" for k, v in sorted(self.examples.items())]
         else:
             lines.append("failures by check: none")
+        lines += [f"--- schemathesis error, {k}\n{v}" for k, v in sorted(self.errors.items())]
         return "\n".join(lines)
 
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "operations": self.operations,
+            "cases": dict(self.cases),
+            "total": self.total,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "failures": dict(self.failures),
+            "examples": self.examples,
+            "errors": self.errors,
+            "missing": self.missing,
+            "problems": self.problems,
+            "wall_s": round(self.wall_s, 2),
+        }
 
-def prepare(root: Path, models: dict[str, Path] | None = None) -> tuple[Any, State]:
-    """Settings with the test keys over the tiny models (built under `root` unless given), a dataset, a
-    trained adapter and a queued job."""
+
+def fuzz_settings(root: Path, models: dict[str, Path]) -> Any:
+    """The fuzzed app's settings: state under `root`, the given local models (all in one folder, the allowed
+    root), the admin key FUZZ_KEY, no worker processes, fp32."""
+    from app.config import ModelSource, Settings
+
+    (models_root,) = {p.parent for p in models.values()}
+    return Settings(
+        _env_file=None,
+        data_dir=root / "data",
+        adapters_dir=root / "adapters",
+        workers=0,
+        models_root=models_root,
+        models={name: ModelSource(kind="local", location=str(p)) for name, p in models.items()},
+        poll_interval=0.1,
+        heartbeat_interval=0.5,
+        inference_dtype="float32",
+        training_dtype="float32",
+        admin_api_keys=[FUZZ_KEY],
+    )
+
+
+def prepare(root: Path) -> tuple[Any, State]:
+    """Settings over the tiny models (built under `root`), with a dataset, a trained adapter and a queued job."""
     from fastapi.testclient import TestClient
 
+    from app.base_models.tiny import build_bert, build_llama, toy_sentiment
     from app.jobs.worker import Worker
     from app.main import create_app
-    from tests.conftest import ADMIN_HEADERS, make_settings
-    from tests.tiny import build_bert, build_llama, toy_sentiment
 
-    if models is None:
-        models = {
-            "tiny-bert": build_bert(root / "models" / "bert"),
-            "tiny-llama": build_llama(root / "models" / "llama"),
-        }
-    settings = make_settings(root, models)
-    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as c:
+    models = {
+        "tiny-bert": build_bert(root / "models" / "bert"),
+        "tiny-llama": build_llama(root / "models" / "llama"),
+    }
+    settings = fuzz_settings(root, models)
+    with TestClient(create_app(settings), headers=HEADERS) as c:
         jsonl = "".join(json.dumps(r) + "\n" for r in toy_sentiment(60)).encode()
         ds = c.post("/datasets", files={"file": ("train.jsonl", jsonl)})
         assert ds.status_code == 201, ds.text
@@ -178,9 +236,19 @@ def _run_operation(
     try:
         run()
     except (hypothesis.errors.Unsatisfiable, schemathesis.errors.SchemathesisError) as e:
-        # e.g. no negative case exists for an operation without inputs
-        report.examples.setdefault(f"(not generated) {label} {mode.value}", f"{type(e).__name__}: {e}"[:300])
+        # schemathesis could not build cases for this operation: the run fails (see Report.problems)
+        report.errors.setdefault(f"{label} {mode.value}", f"{type(e).__name__}: {e}"[:600])
     return sent
+
+
+def _has_inputs(operation: Any) -> bool:
+    """Whether the operation takes anything a negative case could break: parameters (the API key header among
+    them), or a body. GET /health takes nothing: every request to it is a valid one, so it is fuzzed in the
+    positive mode only (asking schemathesis for a negative case of it raises Unsatisfiable)."""
+    return any(
+        len(part)
+        for part in (operation.path_parameters, operation.query, operation.headers, operation.cookies, operation.body)
+    )
 
 
 def _kind(failure: Failure) -> str:
@@ -195,22 +263,31 @@ def _curl(case: schemathesis.Case, headers: dict) -> str:
 
 
 def fuzz(app: Any, state: State, headers: dict, cases: int, seed: int | None = None) -> Report:
-    """At least `cases` generated cases over every operation (positive and negative), unless the schema
-    runs out of distinct cases. Budget rounds: what operations without inputs cannot use goes to the others."""
+    """At least `cases` generated cases over every operation (positive, and negative where it has inputs),
+    unless the schema runs out of distinct cases. Budget rounds: each round shares what is left evenly over
+    the slots still able to use it (rounded down, so every slot gets its share before the total is reached);
+    what operations with few distinct cases (no inputs) cannot use goes to the others in the next round."""
     seed = random.randrange(2**32) if seed is None else seed
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
-    operations = [r.ok() for r in schema.get_all_operations()]
     report = Report()
+    operations = []
+    for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            report.errors.setdefault(f"(schema) {type(result.err()).__name__}", str(result.err())[:600])
+            continue
+        op = result.ok()
+        operations.append(op)
+        report.operations.append(f"{op.method.upper()} {op.path}")
     t0 = time.perf_counter()
-    slots = [(op, mode) for op in operations for mode in MODES]
+    slots = [(op, mode) for op in operations for mode in MODES if mode is GenerationMode.POSITIVE or _has_inputs(op)]
     round_no = 0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         while slots and report.total < cases:
-            per_slot = max(1, -(-(cases - report.total) // len(slots)))
+            per_slot = max(1, (cases - report.total) // len(slots))
             full = []
             for op, mode in slots:
-                if report.total >= cases:
+                if report.total >= cases and round_no > 0:  # the first round visits every slot, whatever the count
                     break
                 got = _run_operation(op, mode, per_slot, headers, state, report, seed + round_no)
                 if got >= per_slot:
@@ -224,12 +301,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", type=int, default=1000, help="generated cases in all (at least)")
     ap.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random, printed)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the report here, as JSON")
     args = ap.parse_args()
     seed = random.randrange(2**32) if args.seed is None else args.seed
     from schemathesis.python import asgi
 
     from app.main import create_app
-    from tests.conftest import ADMIN_HEADERS
 
     with tempfile.TemporaryDirectory(prefix="peftserve-fuzz-") as tmp:
         t0 = time.perf_counter()
@@ -237,11 +314,15 @@ def main() -> None:
         print(f"schemathesis {schemathesis.__version__}, seed {seed}; state ready in {time.perf_counter() - t0:.1f} s")
         app = create_app(settings)
         try:
-            report = fuzz(app, state, ADMIN_HEADERS, args.cases, seed)
+            report = fuzz(app, state, HEADERS, args.cases, seed)
         finally:
             asgi.shutdown_lifespans()
         print(report.summary())
-    raise SystemExit(1 if report.failures else 0)
+    if args.json:
+        args.json.write_text(json.dumps({"seed": seed, **report.as_json()}, indent=2))
+    if report.problems:
+        raise SystemExit("fuzz FAILED: " + "; ".join(report.problems))
+    print("fuzz passed: every operation exercised, no failed check, no schemathesis error")
 
 
 if __name__ == "__main__":

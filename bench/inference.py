@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 from app.base_models.loading import resolve_dtype
-from bench.common import AUTH, Server, load, pct, rt_rows, start_peftserve, table
+from bench.common import AUTH, bench_server, load, pct, rt_rows, start_peftserve, table
 
 SHORT = "A warm, funny and beautifully acted film."
 N_ADAPTERS, CLIENTS = 8, 32
@@ -164,9 +164,8 @@ def main() -> None:
 
     # --- naive ----------------------------------------------------------------------------------
     argv = [sys.executable, "-m", "bench.naive_server", str(adapters), "$PORT", *names]
-    naive = Server(argv, env, work / "naive.log")
+    naive = bench_server(env, work / "naive.log", argv=argv).start()
     try:
-        naive.wait()
         load(naive.url, CLIENTS, 3, spread)
         naive_run = load(naive.url, CLIENTS, args.seconds, spread)
         print(f"  naive, 8 adapters: {naive_run}", flush=True)

@@ -21,7 +21,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bench.common import Server, _post, pct, rt_rows, start_peftserve
+from app.client.local import LocalServer
+from bench.common import _post, pct, rt_rows, start_peftserve
 
 REQUEST_TIMEOUT_S = 30.0
 
@@ -38,7 +39,7 @@ def train_adapter(work: Path, base: str, env: dict[str, str]) -> list[str]:
         texts = [r["text"] for r in rt_rows("test", work / "rt")][:2000]
         hp: dict = {"epochs": 1}
     else:
-        from tests.tiny import toy_sentiment
+        from app.base_models.tiny import toy_sentiment
 
         rows = toy_sentiment(80)
         words = [w for r in toy_sentiment(200, seed=1) for w in r["text"].split()]
@@ -61,7 +62,7 @@ def train_adapter(work: Path, base: str, env: dict[str, str]) -> list[str]:
     return texts
 
 
-def rss_tree(server: Server) -> int:
+def rss_tree(server: LocalServer) -> int:
     """RSS of the server process and its children (none with --workers 0, but count them if there are)."""
     total = server.rss()
     children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
@@ -75,7 +76,7 @@ def rss_tree(server: Server) -> int:
     return total
 
 
-async def run_load(server: Server, clients: int, seconds: float, texts: list[str], sample_every: float) -> dict:
+async def run_load(server: LocalServer, clients: int, seconds: float, texts: list[str], sample_every: float) -> dict:
     host, port = server.url.removeprefix("http://").split(":")
     outcomes: Counter = Counter()  # "200", "HTTP 503", "ConnectionResetError", "timeout", ...
     latencies: list[float] = []
@@ -144,7 +145,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="peftserve-load-"))
     env = {"PEFTSERVE_DATA_DIR": str(work / "data"), "PEFTSERVE_ADAPTERS_DIR": str(work / "adapters")}
     if args.base == "tiny-bert":
-        from tests.tiny import build_bert
+        from app.base_models.tiny import build_bert
 
         env["PEFTSERVE_MODELS"] = json.dumps({"tiny-bert": {"kind": "local", "location": str(build_bert(work / "tb"))}})
         env["PEFTSERVE_MODELS_ROOT"] = str(work)

@@ -5,10 +5,10 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
+from app.base_models.tiny import toy_sentiment, toy_topic
 from app.jobs.worker import Worker
 from app.main import create_app
-from tests.conftest import ADMIN_HEADERS
-from tests.tiny import toy_sentiment, toy_topic
+from tests.support import ADMIN_HEADERS
 
 HP = {
     "epochs": 15,
@@ -253,7 +253,7 @@ def test_bad_inference_requests(client):
 
 
 def test_upload_limit(tmp_path, tiny_models):
-    from tests.conftest import make_settings
+    from tests.support import make_settings
 
     with TestClient(create_app(make_settings(tmp_path, tiny_models, max_upload_bytes=100)), headers=ADMIN_HEADERS) as c:
         r = c.post("/datasets", files={"file": ("d.jsonl", b'{"text": "aaaa", "label": "x"}\n' * 10)})

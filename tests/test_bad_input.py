@@ -1,25 +1,28 @@
 """Issue 5, "Bad input": a corpus of bad requests.
 
 Each one gets a 4xx in the one error envelope naming the field (and the row where there is one), never a
-5xx; afterwards the server still serves the same answers and nothing already stored has changed (adapter
-files, datasets, jobs). One server and one trained adapter serve the whole module.
+5xx, and stores nothing: every case snapshots what is stored (adapter files, dataset files and rows, jobs, the
+adapter listing) before its request and compares right after it, so a case that stores something fails on its
+own. At the end the server still serves the same answers. One server and one trained adapter serve the module.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from app.base_models.tiny import toy_sentiment, toy_topic
 from app.jobs.tables import DatasetRow, Job
 from app.jobs.worker import Worker
 from app.main import create_app
-from tests.conftest import ADMIN_HEADERS, make_settings
-from tests.tiny import toy_sentiment, toy_topic
+from tests.support import ADMIN_HEADERS, make_settings
 
 HP = {
     "epochs": 3,
@@ -94,6 +97,14 @@ def snapshot(client) -> dict:
         "jobs": jobs,
         "listing": client.get("/adapters").json()["data"],
     }
+
+
+@contextmanager
+def stores_nothing(client) -> Iterator[None]:
+    """What is stored is the same right after the request(s) in the block as right before them."""
+    before = snapshot(client)
+    yield
+    assert snapshot(client) == before, "the request changed what is stored"
 
 
 def check_error(r, field: str | None, status: int | tuple[int, ...] = 422) -> dict:
@@ -220,7 +231,9 @@ JOB_CASES = [
 
 @pytest.mark.parametrize(("body", "field"), [c[1:] for c in JOB_CASES], ids=[c[0] for c in JOB_CASES])
 def test_bad_job(server, body, field):
-    check_error(server.post("/jobs", json=body), field)
+    with stores_nothing(server):
+        r = server.post("/jobs", json=body)
+    check_error(r, field)
 
 
 RAW_BODIES = [
@@ -249,11 +262,14 @@ RAW_BODIES = [
 
 @pytest.mark.parametrize(("path", "raw", "field"), [c[1:] for c in RAW_BODIES], ids=[c[0] for c in RAW_BODIES])
 def test_bad_raw_body(server, path, raw, field):
-    check_error(server.post(path, content=raw, headers={"content-type": "application/json"}), field)
+    with stores_nothing(server):
+        r = server.post(path, content=raw, headers={"content-type": "application/json"})
+    check_error(r, field)
 
 
 def test_wrong_content_type(server):
-    r = server.post("/predict", content=b"adapter=sent&inputs=a", headers={"content-type": "text/plain"})
+    with stores_nothing(server):
+        r = server.post("/predict", content=b"adapter=sent&inputs=a", headers={"content-type": "text/plain"})
     check_error(r, "body")
 
 
@@ -293,7 +309,9 @@ PREDICT_CASES = [
 
 @pytest.mark.parametrize(("body", "field", "status"), [c[1:] for c in PREDICT_CASES], ids=[c[0] for c in PREDICT_CASES])
 def test_bad_predict(server, body, field, status):
-    check_error(server.post("/predict", json=body), field, status)
+    with stores_nothing(server):
+        r = server.post("/predict", json=body)
+    check_error(r, field, status)
 
 
 # ---- POST /evaluate ----------------------------------------------------------------------------------
@@ -331,7 +349,9 @@ EVALUATE_IDS = [
 @pytest.mark.parametrize("case", range(len(EVALUATE_IDS)), ids=EVALUATE_IDS)
 def test_bad_evaluate(server, case):
     body, field, status = evaluate_cases(server)[case]
-    err = check_error(server.post("/evaluate", json=body), field, status)
+    with stores_nothing(server):
+        r = server.post("/evaluate", json=body)
+    err = check_error(r, field, status)
     if EVALUATE_IDS[case] == "dataset-labels-unknown":
         assert "row" in err["message"] and "sport" in err["message"], err
 
@@ -415,35 +435,46 @@ UPLOADS = [
     ("filename", "content", "field", "fragment"), [c[1:] for c in UPLOADS], ids=[c[0] for c in UPLOADS]
 )
 def test_bad_upload(server, filename, content, field, fragment):
-    err = check_error(server.post("/datasets", files={"file": (filename, content)}), field)
+    with stores_nothing(server):
+        r = server.post("/datasets", files={"file": (filename, content)})
+    err = check_error(r, field)
     assert fragment.lower() in err["message"].lower(), err
 
 
 def test_upload_without_a_file(server):
-    check_error(server.post("/datasets", data={"text": "a film"}), "file")
+    with stores_nothing(server):
+        r = server.post("/datasets", data={"text": "a film"})
+    check_error(r, "file")
 
 
 def test_upload_not_multipart(server):
-    check_error(server.post("/datasets", json={"records": GOOD}), "file")
+    with stores_nothing(server):
+        r = server.post("/datasets", json={"records": GOOD})
+    check_error(r, "file")
 
 
 def test_upload_over_the_limit(tmp_path_factory, tiny_models):
     settings = make_settings(tmp_path_factory.mktemp("small-uploads"), tiny_models, max_upload_bytes=1000)
     with TestClient(create_app(settings), headers=ADMIN_HEADERS) as c:
+        c.settings = settings
         content = jsonl(toy_sentiment(60))
         assert len(content) > 1000
-        err = check_error(c.post("/datasets", files={"file": ("d.jsonl", content)}), "file", 413)
+        with stores_nothing(c):
+            r = c.post("/datasets", files={"file": ("d.jsonl", content)})
+        err = check_error(r, "file", 413)
         assert "1000" in err["message"]
         assert c.get("/health").status_code == 200
         assert not list(settings.datasets_dir.iterdir())
         # far over the limit: refused from its Content-Length, before the body is read (nothing spooled)
         huge = {"content-type": "multipart/form-data; boundary=x", "content-length": str(50 << 20)}
-        r = c.post("/datasets", content=b"--x--", headers=huge)
+        with stores_nothing(c):
+            r = c.post("/datasets", content=b"--x--", headers=huge)
         assert r.status_code == 413 and r.json()["error"]["field"] == "file", r.text
 
 
 def test_405_says_which_methods_are_allowed(server):
-    r = server.delete("/jobs")
+    with stores_nothing(server):
+        r = server.delete("/jobs")
     assert r.status_code == 405 and r.json()["error"]["field"] == "method"
     assert "POST" in r.headers["allow"]  # Starlette names the methods of the first route on that path
 
@@ -488,7 +519,9 @@ PATHS = [
 
 @pytest.mark.parametrize(("method", "url", "status", "field"), [c[1:] for c in PATHS], ids=[c[0] for c in PATHS])
 def test_bad_path_or_query(server, method, url, status, field):
-    check_error(server.request(method, url.replace("{job}", server.job_id)), field, status)
+    with stores_nothing(server):
+        r = server.request(method, url.replace("{job}", server.job_id))
+    check_error(r, field, status)
 
 
 # ---- afterwards ---------------------------------------------------------------------------------------
@@ -497,13 +530,14 @@ def test_upload_with_a_utf8_bom_is_read(server):
     for name, content in (("train.jsonl", jsonl(toy_sentiment(40))), ("train.csv", None)):
         if content is None:
             content = ("text,label\n" + "".join(f"{r['text']},{r['label']}\n" for r in toy_sentiment(40))).encode()
-        r = server.post("/datasets", files={"file": (name, b"\xef\xbb\xbf" + content)})
+        with stores_nothing(server):  # already stored: nothing new
+            r = server.post("/datasets", files={"file": (name, b"\xef\xbb\xbf" + content)})
         assert r.status_code == 201, r.text
         assert r.json()["id"] == server.dataset_id
 
 
 def test_still_serving_and_nothing_stored_changed(server):
-    # runs after the corpus above (pytest keeps file order)
+    # runs after the corpus above (pytest keeps file order); each case has checked its own request already
     assert server.get("/health").status_code == 200
     assert server.post("/predict", json={"adapter": "sent", "inputs": PROBE}).json() == server.answer
     assert snapshot(server) == server.before

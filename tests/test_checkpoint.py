@@ -6,14 +6,18 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from app.base_models.tiny import toy_sentiment
+from app.jobs.store import JobStore
+from app.jobs.tables import JobStatus
 from app.jobs.worker import Worker
 from app.service import PeftServe
+from app.stores.adapters import LocalAdapterStore
 from app.training.checkpoint import Checkpoints
-from tests.conftest import make_settings, submit
-from tests.tiny import toy_sentiment
+from tests.support import make_settings, submit
 
 HP = {"epochs": 4, "batch_size": 4, "learning_rate": 5e-3}
 
@@ -82,20 +86,53 @@ def test_unreadable_or_foreign_checkpoint_starts_over(tmp_path, tiny_models):
     assert done.status == "succeeded" and done.result_metrics["resumed_from_steps"] == []
 
 
-def test_a_retried_job_saves_its_adapter_once(tmp_path, tiny_models):
+class WorkerDied(BaseException):
+    """Stands for a kill -9: nothing in the worker catches it, nothing after it runs."""
+
+
+def test_a_retried_job_saves_its_adapter_once(tmp_path, tiny_models, monkeypatch):
     """A worker killed after saving the adapter but before recording the job: the retry reuses that version."""
     settings = make_settings(tmp_path, tiny_models)
     svc = PeftServe(settings)
-    staging = svc.adapters.staging_dir()
-    (staging / "adapter_model.safetensors").write_bytes(b"x")
-    (staging / "adapter_config.json").write_text("{}")
-    first = svc.adapters.commit(staging, "once", {"job_id": "job_abc", "labels": ["a", "b"]})
-    again = svc.adapters.staging_dir()
-    (again / "adapter_model.safetensors").write_bytes(b"y")
-    (again / "adapter_config.json").write_text("{}")
-    second = svc.adapters.commit(again, "once", {"job_id": "job_abc", "labels": ["a", "b"]})
-    assert second.ref == first.ref == "once@v1" and not again.exists()
-    assert [v.ref for v in svc.adapters.versions("once")] == ["once@v1"]
+    job = submit(svc, "once", toy_sentiment(24), epochs=1)
+
+    commits = []
+    real_commit = LocalAdapterStore.commit
+
+    def counting_commit(self, staging, name, meta):
+        commits.append(real_commit(self, staging, name, meta))
+        return commits[-1]
+
+    real_finish = JobStore.finish
+
+    def die_before_recording_success(self, job_id, worker_id, status, **kw):
+        if status is JobStatus.succeeded:
+            raise WorkerDied
+        return real_finish(self, job_id, worker_id, status, **kw)
+
+    monkeypatch.setattr(LocalAdapterStore, "commit", counting_commit)
+    monkeypatch.setattr(JobStore, "finish", die_before_recording_success)
+    first = Worker(settings)
+    with pytest.raises(WorkerDied):
+        first.run(burst=True)
+    first.resources.close()
+    assert [v.ref for v in commits] == ["once@v1"]  # the adapter was saved...
+    state = svc.store.get_job(job.id)
+    assert state.status == "running" and state.worker_id == first.id  # ...and the job never recorded as done
+
+    monkeypatch.setattr(JobStore, "finish", real_finish)
+    # the server notices the dead worker (WorkerPool's watchdog does this) and requeues its job
+    assert svc.store.release_worker(first.id, settings.max_attempts) == [job.id]
+    assert svc.store.get_job(job.id).status == "queued"
+    assert Worker(settings).run(burst=True) == 1
+
+    done = svc.store.get_job(job.id)
+    assert done.status == "succeeded" and done.attempts == 2, (done.status, done.error_message)
+    assert len(commits) == 2 and commits[1].ref == "once@v1"  # the retry trained and committed again: reused v1
+    assert done.result_adapter == "once@v1"
+    versions = svc.adapters.versions("once")
+    assert [v.ref for v in versions] == ["once@v1"] and versions[0].meta["job_id"] == job.id
+    assert not any((settings.adapters_dir / ".staging").iterdir())  # the retry's staging folder is gone
 
 
 def test_a_worker_that_lost_its_job_leaves_it_alone(tmp_path, tiny_models):

@@ -13,11 +13,11 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from app.base_models.tiny import toy_sentiment
 from app.cli import app as cli_app
 from app.client import PeftServeAPIError, PeftServeClient, PeftServeConnectionError, parse_sse, sse_lines
-from tests.conftest import ADMIN_KEY, USER_KEY, auth_env
-from tests.test_e2e import Server, free_port
-from tests.tiny import toy_sentiment
+from app.client.local import LocalServer, free_port
+from tests.support import ADMIN_KEY, USER_KEY, tiny_server
 
 runner = CliRunner()
 
@@ -165,13 +165,17 @@ def test_client_commands_do_not_import_torch_and_report_an_unreachable_server():
 
 
 # ---- against a live server -----------------------------------------------------------------------------------
+# 960 toy rows, 768 of them trained on (--validation-split 0.2), 16 a batch, 8 epochs: 384 steps that the tiny
+# BERT reliably learns from (held-out accuracy 0.975-1.0 over training seeds 0-6; with 128 rows it reached only
+# 0.5-0.75, memorizing rather than learning). An adapter that learnt nothing predicts one label: 0.5 on the
+# balanced held-out set.
 HP_ARGS = [
     "--base-model",
     "tiny-bert",
     "--epochs",
-    "12",
+    "8",
     "--batch-size",
-    "4",
+    "16",
     "--learning-rate",
     "0.01",
     "--hp",
@@ -183,21 +187,20 @@ HP_ARGS = [
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory, tiny_models):
-    srv = Server(tmp_path_factory.mktemp("cli"), tiny_models)
-    srv.env.update(auth_env())
+    srv = tiny_server(tmp_path_factory.mktemp("cli"), tiny_models)
     srv.start()
     yield srv
     srv.stop()
 
 
-def peftserve(srv: Server, *args: str, key: str = ADMIN_KEY, timeout: float = 240) -> subprocess.CompletedProcess:
+def peftserve(srv: LocalServer, *args: str, key: str = ADMIN_KEY, timeout: float = 240) -> subprocess.CompletedProcess:
     """The CLI as a user runs it: its own process."""
     env = {**srv.env, "PEFTSERVE_URL": srv.url, "COLUMNS": "200"}
     cmd = [sys.executable, "-m", "app.cli", "--api-key", key, *args]
-    return subprocess.run(cmd, cwd=srv.workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=srv.cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def invoke(srv: Server, *args: str, key: str = ADMIN_KEY):
+def invoke(srv: LocalServer, *args: str, key: str = ADMIN_KEY):
     """The CLI in this process (typer's runner)."""
     return runner.invoke(cli_app, ["--url", srv.url, "--api-key", key, *args], env={"COLUMNS": "200"})
 
@@ -209,8 +212,8 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 @pytest.mark.e2e
 def test_submit_watch_then_jobs_adapters_predict_evaluate(live):
-    train = write_jsonl(live.workdir / "train.jsonl", toy_sentiment(160))
-    held_out = write_jsonl(live.workdir / "held_out.jsonl", toy_sentiment(40, seed=7))
+    train = write_jsonl(live.cwd / "train.jsonl", toy_sentiment(960))
+    held_out = write_jsonl(live.cwd / "held_out.jsonl", toy_sentiment(200, seed=7))
     started = time.monotonic()
     r = peftserve(live, "submit", str(train), "--adapter", "sent", *HP_ARGS, "--validation-split", "0.2", "--watch")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -221,7 +224,7 @@ def test_submit_watch_then_jobs_adapters_predict_evaluate(live):
     assert "Loaded base tiny-bert" in out  # the job's events
     steps = [line for line in out.splitlines() if line.startswith("step ") and " loss " in line]
     assert len(steps) >= 1, out  # progress while it ran: step k/total, epoch, loss (every ~0.5 s)
-    assert steps[-1].split()[1].split("/")[1] == "384"  # 128 training rows / batches of 4 × 12 epochs
+    assert steps[-1].split()[1].split("/")[1] == "384"  # 768 training rows / batches of 16 × 8 epochs
     assert "eval epoch 8.00" in out and "accuracy" in out
     assert f"{job_id} succeeded: adapter sent@v1" in out, out
     print(f"submit --watch: {time.monotonic() - started:.1f}s")
@@ -252,17 +255,18 @@ def test_submit_watch_then_jobs_adapters_predict_evaluate(live):
     assert "adapter sent@v1" in r.output and "lovely" in r.output
     r = invoke(live, "predict", "sent", "a lovely superb film", "awful and dull", "--json", key=USER_KEY)
     body = json.loads(r.output)
-    assert body["adapter"] == "sent@v1" and {p["label"] for p in body["predictions"]} <= {"pos", "neg"}
+    assert body["adapter"] == "sent@v1" and [p["label"] for p in body["predictions"]] == ["pos", "neg"]
 
     r = invoke(live, "evaluate", "sent", str(held_out))
     assert r.exit_code == 0, r.output
-    assert "adapter sent@v1 on 40 records" in r.output and "confusion matrix" in r.output
-    assert 0.5 <= float(r.output.split("accuracy ")[1].split()[0]) <= 1  # tiny model, few epochs: above chance
+    assert "adapter sent@v1 on 200 records" in r.output and "confusion matrix" in r.output
+    # it learnt the task: an untrained adapter (one label for everything) scores 0.5 here
+    assert float(r.output.split("accuracy ")[1].split()[0]) >= 0.9, r.output
 
 
 @pytest.mark.e2e
 def test_watch_follows_a_job_until_it_is_cancelled_and_exits_1(live):
-    train = write_jsonl(live.workdir / "long.jsonl", toy_sentiment(400))
+    train = write_jsonl(live.cwd / "long.jsonl", toy_sentiment(400))
     args = ["--adapter", "long", "--base-model", "tiny-bert", "--epochs", "100", "--batch-size", "4", "-q"]
     r = invoke(live, "submit", str(train), *args, "--hp", 'target_modules=["query","value"]')
     assert r.exit_code == 0, r.output
@@ -309,5 +313,5 @@ def test_errors_print_the_message_and_exit_1(live):
         pytest.skip("this server does not require an API key")
     r = peftserve(live, "jobs", key="wrong-key")
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.startswith("error: ")
-    r = invoke(live, "submit", str(write_jsonl(live.workdir / "x.jsonl", toy_sentiment(8))), "-a", "x", key=USER_KEY)
+    r = invoke(live, "submit", str(write_jsonl(live.cwd / "x.jsonl", toy_sentiment(8))), "-a", "x", key=USER_KEY)
     assert r.exit_code == 1 and r.output.startswith("error: "), r.output  # a `use` key may not train

@@ -1,6 +1,8 @@
 import json
+from collections import Counter
 
 import pytest
+from sklearn.model_selection import train_test_split
 
 from app.errors import PayloadTooLarge, ValidationFailed
 from app.training.data import Limits, check_split_possible, parse_upload, split_validation, validate_records
@@ -80,12 +82,68 @@ def test_bad_uploads(name, content, needle):
     assert e.value.field.startswith("file")
 
 
-def test_split_is_stratified_and_seeded():
-    data = [{"text": str(i), "label": "a" if i % 4 else "b"} for i in range(40)]
-    train, val = split_validation(data, 0.25, seed=1)
-    assert len(val) == 10 and len(train) == 30
-    assert sum(r["label"] == "b" for r in val) in (2, 3)
-    assert split_validation(data, 0.25, seed=1) == (train, val)
+def labelled(*counts: tuple[str, int]) -> list[dict]:
+    """`n` rows of each label, the labels interleaved (no label sits in one block of the list)."""
+    out = [{"text": f"{lab} {i}", "label": lab} for lab, n in counts for i in range(n)]
+    return sorted(out, key=lambda r: (int(r["text"].split()[1]), r["label"]))
+
+
+def label_counts(rows: list[dict]) -> dict[str, int]:
+    return dict(Counter(r["label"] for r in rows))
+
+
+def assert_partition(data: list[dict], train: list[dict], val: list[dict]) -> None:
+    """Every row lands in exactly one of the two halves."""
+    assert sorted(r["text"] for r in train + val) == sorted(r["text"] for r in data)
+
+
+SEEDS = range(8)
+
+
+@pytest.mark.parametrize(
+    ("counts", "fraction", "expected"),
+    [
+        # 80 rows, 25%: every label keeps its share exactly (a plain random split is off by 1-3 rows for most seeds)
+        ((("a", 40), ("b", 20), ("c", 20)), 0.25, {"a": 10, "b": 5, "c": 5}),
+        # a label of just 2 rows: one in each half (a plain split puts both, or none, in validation at some seeds)
+        ((("a", 18), ("b", 2)), 0.5, {"a": 9, "b": 1}),
+    ],
+    ids=["shares-exact", "two-row-label-in-both-halves"],
+)
+def test_split_is_stratified_and_seeded(counts, fraction, expected):
+    data = labelled(*counts)
+    n_val = sum(expected.values())
+    splits = {}
+    for seed in SEEDS:
+        train, val = split_validation(data, fraction, seed=seed)
+        assert len(val) == n_val and len(train) == len(data) - n_val
+        assert_partition(data, train, val)
+        assert label_counts(val) == expected, (seed, label_counts(val))
+        assert split_validation(data, fraction, seed=seed) == (train, val)  # seeded: the same split again
+        splits[seed] = [r["text"] for r in val]
+    assert len({tuple(v) for v in splits.values()}) > 1  # ...and the seed matters: not one fixed choice of rows
+    # the check discriminates: an unstratified split of the same rows misses the exact counts at some seed
+    plain = [label_counts(train_test_split(data, test_size=n_val, random_state=seed)[1]) for seed in SEEDS]
+    assert any(c != expected for c in plain), plain
+
+
+@pytest.mark.parametrize(
+    ("counts", "fraction", "n_val"),
+    [
+        ((("a", 19), ("b", 1)), 0.25, 5),  # a label of 1 row cannot be in both halves: not stratified
+        ((("a", 5), ("b", 5), ("c", 5), ("d", 5)), 0.1, 2),  # fewer validation rows than labels
+        ((("a", 2), ("b", 2), ("c", 2), ("d", 2)), 0.6, 5),  # sklearn refuses (3 training rows, 4 labels)
+    ],
+    ids=["singleton-label", "fewer-val-rows-than-labels", "train-side-too-small"],
+)
+def test_split_falls_back_to_a_plain_seeded_split(counts, fraction, n_val):
+    data = labelled(*counts)
+    for seed in SEEDS[:3]:
+        train, val = split_validation(data, fraction, seed=seed)
+        assert len(val) == n_val and len(train) == len(data) - n_val
+        assert_partition(data, train, val)
+        assert (train, val) == tuple(train_test_split(data, test_size=n_val, random_state=seed))
+        assert split_validation(data, fraction, seed=seed) == (train, val)
 
 
 def test_split_needs_enough_rows():

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,81 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_HEADERS, auth_env, models_root
-from tests.tiny import toy_sentiment
+from app.base_models.tiny import toy_sentiment
+from tests.support import ADMIN_HEADERS, post_job, tiny_server, wait_job, wait_step
 
 pytestmark = pytest.mark.e2e
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, workdir: Path, tiny_models: dict[str, Path], workers: int = 1):
-        self.workdir, self.port = workdir, free_port()
-        self.env = {
-            **os.environ,
-            "HF_HUB_OFFLINE": "1",
-            **auth_env(),
-            "PEFTSERVE_WORKERS": str(workers),
-            "PEFTSERVE_POLL_INTERVAL": "0.2",
-            # fp32 on every machine (tiny models): bf16 is covered by unit and integration tests
-            "PEFTSERVE_TRAINING_DTYPE": "float32",
-            "PEFTSERVE_INFERENCE_DTYPE": "float32",
-            "PEFTSERVE_MODELS": json.dumps({n: {"kind": "local", "location": str(p)} for n, p in tiny_models.items()}),
-            "PEFTSERVE_MODELS_ROOT": str(models_root(tiny_models)),
-        }
-        self.proc: subprocess.Popen | None = None
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Server:
-        log = open(self.workdir / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--port", str(self.port), "--log-level", "warning"],
-            cwd=self.workdir,
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, (self.workdir / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise TimeoutError("server did not start")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(60)
-
-    def wait_job(
-        self, client: httpx.Client, job_id: str, until=("succeeded", "failed", "cancelled"), timeout: float = 180
-    ) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            job = client.get(f"/jobs/{job_id}").json()
-            if job["status"] in until:
-                return job
-            time.sleep(0.2)
-        raise TimeoutError(f"job {job_id} still {job['status']}")
-
-
-def post_job(client: httpx.Client, body: dict) -> httpx.Response:
-    r = client.post("/jobs", json={"base_model": "tiny-bert", **body})
-    assert r.status_code == 202, r.text
-    return r
-
-
 @pytest.fixture
 def server(tmp_path, tiny_models):
-    srv = Server(tmp_path, tiny_models)
+    srv = tiny_server(tmp_path, tiny_models)
     yield srv
     srv.stop()
 
@@ -128,8 +60,8 @@ def test_train_predict_evaluate_and_survive_a_restart(server):
         assert pred.status_code == 200 and pred.json()["adapter"] == "sent@v1"
         ev = c.post("/evaluate", json={"adapter": "sent", "records": toy_sentiment(40, seed=7)}).json()
         assert ev["accuracy"] >= 0.75
-    assert (server.workdir / "adapters" / "sent" / "v1" / "adapter_model.safetensors").exists()
-    assert (server.workdir / ".peftserve" / "peftserve.db").exists()  # state under the working directory
+    assert (server.cwd / "adapters" / "sent" / "v1" / "adapter_model.safetensors").exists()
+    assert (server.cwd / ".peftserve" / "peftserve.db").exists()  # state under the working directory
 
     server.stop()
     server.start()
@@ -160,22 +92,20 @@ def test_a_job_running_at_shutdown_is_requeued_and_finishes_after_restart(server
                 },
             },
         ).json()["id"]
-        deadline = time.monotonic() + 60
-        while c.get(f"/jobs/{job_id}").json()["progress"]["step"] < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_step(c, job_id, 2, timeout=60)
     server.stop()
     server.start()
     with httpx.Client(base_url=server.url, timeout=60, headers=ADMIN_HEADERS) as c:
         events = [e["message"] for e in c.get(f"/jobs/{job_id}/events", params={"limit": 500}).json()["data"]]
         assert any("Returned to the queue" in m for m in events), events
-        done = server.wait_job(c, job_id)
+        done = wait_job(c, job_id)
         assert done["status"] == "succeeded" and done["attempts"] == 1  # a shutdown does not use up an attempt
         resumed = done["result"]["metrics"]["resumed_from_steps"]
         assert len(resumed) == 1 and resumed[0] >= 2, resumed  # went on from its checkpoint, not from step 0
 
 
 def test_standalone_worker_and_cancel(tmp_path, tiny_models):
-    srv = Server(tmp_path, tiny_models, workers=0).start()
+    srv = tiny_server(tmp_path, tiny_models, workers=0).start()
     try:
         with httpx.Client(base_url=srv.url, timeout=60, headers=ADMIN_HEADERS) as c:
             quick = post_job(
@@ -218,11 +148,10 @@ def test_standalone_worker_and_cancel(tmp_path, tiny_models):
                 stderr=subprocess.DEVNULL,
             )
             try:
-                srv.wait_job(c, slow, until=("running",), timeout=60)
-                while c.get(f"/jobs/{slow}").json()["progress"]["step"] < 2:
-                    time.sleep(0.1)
+                wait_job(c, slow, until=("running",), timeout=60)
+                wait_step(c, slow, 2, timeout=60)
                 assert c.post(f"/jobs/{slow}/cancel").status_code == 200
-                cancelled = srv.wait_job(c, slow, timeout=30)
+                cancelled = wait_job(c, slow, timeout=30)
                 assert cancelled["status"] == "cancelled"
                 assert c.get("/adapters/slow").status_code == 404
             finally:
@@ -248,7 +177,7 @@ def test_workers_do_not_outlive_a_killed_server(server):
                 },
             },
         ).json()["id"]
-        server.wait_job(c, job_id, until=("running",), timeout=60)
+        wait_job(c, job_id, until=("running",), timeout=60)
     children = subprocess.run(["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True).stdout.split()
     assert children
     server.proc.kill()  # no clean shutdown at all
@@ -279,4 +208,4 @@ def test_a_worker_that_dies_is_restarted_by_the_server(server):
         job = post_job(
             c, {"adapter": "after", "train": {"records": toy_sentiment(40)}, "hyperparameters": {"epochs": 1}}
         )
-        assert server.wait_job(c, job.json()["id"])["status"] == "succeeded"
+        assert wait_job(c, job.json()["id"])["status"] == "succeeded"

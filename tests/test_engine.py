@@ -3,13 +3,13 @@
 import pytest
 import torch
 
+from app.base_models.tiny import toy_sentiment, toy_topic
 from app.errors import NotFound
 from app.inference.engine import InferenceEngine
 from app.jobs.worker import Worker
 from app.schemas import EvaluateRequest, PredictRequest
 from app.service import PeftServe
-from tests.conftest import make_settings, submit
-from tests.tiny import toy_sentiment, toy_topic
+from tests.support import make_settings, submit
 
 TEXTS = ["good film and a great cast", "awful plot", "goal match team", "the movie was dull and boring", "a"]
 

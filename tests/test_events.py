@@ -12,11 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.events import sse_message
+from app.base_models.tiny import toy_sentiment
 from app.jobs.worker import Worker
 from app.main import create_app
-from tests.conftest import ADMIN_HEADERS
-from tests.test_e2e import Server, post_job
-from tests.tiny import toy_sentiment
+from tests.support import ADMIN_HEADERS, post_job, tiny_server
 
 HP = {"epochs": 4, "batch_size": 8, "early_stopping_patience": 0, "target_modules": ["query", "value"]}
 
@@ -103,7 +102,7 @@ def test_stream_delivers_every_event_in_order_and_ends_with_the_job(settings):
 
 @pytest.mark.e2e
 def test_stream_is_live_over_a_real_server(tmp_path, tiny_models):
-    srv = Server(tmp_path, tiny_models)
+    srv = tiny_server(tmp_path, tiny_models)
     srv.start()
     try:
         with httpx.Client(base_url=srv.url, headers=ADMIN_HEADERS, timeout=60) as c:

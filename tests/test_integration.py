@@ -10,7 +10,7 @@ import pytest
 from app.jobs.worker import Worker
 from app.schemas import EvaluateRequest, JobCreate, PredictRequest
 from app.service import PeftServe
-from tests.conftest import make_settings, shared_data
+from tests.support import make_settings, shared_data
 
 pytestmark = pytest.mark.integration
 

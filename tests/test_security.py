@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from app.base_models.tiny import toy_sentiment
 from app.config import ModelSource, Settings
 from app.jobs.worker import Worker
 from app.main import create_app
 from app.service import PeftServe
 from app.training.checkpoint import Checkpoints
-from tests.conftest import ADMIN_HEADERS, make_settings, submit
-from tests.tiny import toy_sentiment
+from tests.support import ADMIN_HEADERS, make_settings, submit
 
 
 class _Marker:

@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from app.base_models.tiny import toy_sentiment
 from app.jobs.worker import Worker
 from app.main import create_app
-from tests.conftest import ADMIN_HEADERS, USER_HEADERS
-from tests.tiny import toy_sentiment
+from tests.support import ADMIN_HEADERS, USER_HEADERS
 
 HP = {"epochs": 2, "batch_size": 8, "target_modules": ["query", "value"]}
 

@@ -6,10 +6,10 @@ import time
 import pytest
 import torch
 
+from app.base_models.tiny import toy_sentiment, toy_topic
 from app.jobs.worker import Worker
 from app.service import PeftServe
-from tests.conftest import make_settings, submit
-from tests.tiny import toy_sentiment, toy_topic
+from tests.support import make_settings, submit
 
 
 def run_all(settings) -> Worker:

@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ADMIN_HEADERS, ADMIN_KEY
-from tests.test_e2e import Server, post_job
-from tests.tiny import toy_sentiment
+from app.base_models.tiny import toy_sentiment
+from tests.support import ADMIN_HEADERS, ADMIN_KEY, post_job, tiny_server, wait_job
 
 pytestmark = pytest.mark.e2e
 
@@ -62,15 +61,15 @@ def wait_points(page, chart: str, more_than: int = 0, timeout: float = 30) -> in
 
 
 def test_dashboard_jobs_charts_live_updates_and_try_it(tmp_path, tiny_models, browser):
-    srv = Server(tmp_path, tiny_models).start()
+    srv = tiny_server(tmp_path, tiny_models).start()
     try:
         with httpx.Client(base_url=srv.url, headers=ADMIN_HEADERS, timeout=60) as c:
             body = {"adapter": "sent", "train": {"records": toy_sentiment(120)}}
             done = post_job(c, {**body, "hyperparameters": {**FAST, "epochs": 4}}).json()["id"]
-            assert srv.wait_job(c, done)["status"] == "succeeded"
+            assert wait_job(c, done)["status"] == "succeeded"
             long_body = {"adapter": "long", "train": {"records": toy_sentiment(400)}}
             running = post_job(c, {**long_body, "hyperparameters": {**FAST, "epochs": 100, "batch_size": 2}}).json()
-            srv.wait_job(c, running["id"], until=("running",), timeout=60)
+            wait_job(c, running["id"], until=("running",), timeout=60)
 
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.goto(f"{srv.url}/ui")  # redirects to /ui/

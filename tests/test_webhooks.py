@@ -11,11 +11,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from fastapi.testclient import TestClient
 
+from app.base_models.tiny import toy_sentiment
 from app.jobs.webhooks import sign, verify
 from app.jobs.worker import Worker
 from app.main import create_app
-from tests.conftest import ADMIN_HEADERS, make_settings
-from tests.tiny import toy_sentiment
+from tests.support import ADMIN_HEADERS, make_settings
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 HP = {"epochs": 1, "batch_size": 8, "target_modules": ["query", "value"]}

@@ -14,13 +14,17 @@ from app.client.api import (
     parse_sse,
     sse_lines,
 )
+from app.client.local import LocalServer, LocalServerError, free_port
 
 __all__ = [
     "TERMINAL",
     "JobEvent",
+    "LocalServer",
+    "LocalServerError",
     "PeftServeAPIError",
     "PeftServeClient",
     "PeftServeConnectionError",
+    "free_port",
     "parse_sse",
     "sse_lines",
 ]

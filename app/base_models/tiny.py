@@ -1,4 +1,7 @@
-"""Tiny models built from config, with offline tokenizers built by the `tokenizers` library, and toy data."""
+"""Tiny models built from config, with offline tokenizers built by the `tokenizers` library, and toy data.
+
+For the test suite and the benchmarks (no download, seconds to build); the app itself never imports this.
+"""
 
 from __future__ import annotations
 
