@@ -147,7 +147,17 @@ def test_parse_lora_refuses_broken_states(case: str) -> None:
         parse_lora(broken_states()[case], {"r": 2, "lora_alpha": 4})
 
 
-@pytest.mark.xfail(strict=True, reason="parse_lora silently drops a lora_B whose lora_A is missing")
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"r": 0}, {"r": -2}, {"r": "2"}, {"r": 2.5}, {"r": True}, {"r": None}, {"r": 2, "lora_alpha": None},
+     {"r": 2, "lora_alpha": "4"}, {"r": 2, "lora_alpha": float("nan")}],
+)  # fmt: skip
+def test_parse_lora_refuses_a_bad_rank_or_alpha(config: dict) -> None:
+    a, b = randn(2, 6, seed=1), randn(3, 2, seed=2)
+    with pytest.raises(UnsupportedAdapter, match="adapter_config.json: (r|lora_alpha)"):
+        parse_lora(state_of({"m": (a, b)}), config)
+
+
 def test_parse_lora_refuses_a_b_without_its_a() -> None:
     a, b = randn(2, 6, seed=1), randn(3, 2, seed=2)
     state = {**state_of({"m": (a, b)}), f"{PREFIX}n.lora_B.weight": b}
@@ -409,6 +419,17 @@ def test_remove_zeroes_the_slot_and_the_next_add_reuses_it(setup) -> None:
             torch.testing.assert_close(model(x), reference(base, x, new), **TOL)
         # the reused slot holds nothing of the removed adapter on modules the new one does not target
         assert not model.enc[0].A[1].any() and not model.enc[0].B[1].any()
+
+
+def test_removing_a_slot_not_in_use_is_refused(setup) -> None:
+    base, model, bank, loras, slots = setup
+    bank.remove(1)
+    for slot in (1, 3, 4, -1):  # removed already, never used, past the capacity, negative
+        with pytest.raises(ValueError, match="not in use"):
+            bank.remove(slot)
+    assert bank.free == [1, 3]  # nothing handed out twice
+    assert bank.add(lora_for({"out": 1}, seed=61, shapes=CHAIN_SHAPES)) == 1
+    assert bank.add(lora_for({"out": 1}, seed=62, shapes=CHAIN_SHAPES)) == 3
 
 
 def test_a_full_bank_refuses_another_adapter(setup) -> None:

@@ -98,13 +98,15 @@ def parse_lora(state: dict[str, torch.Tensor], config: dict) -> LoraWeights:
         raise UnsupportedAdapter("DoRA and per-module rank/alpha patterns are not served")
     if config.get("fan_in_fan_out"):
         raise UnsupportedAdapter("fan_in_fan_out (Conv1D) adapters are not served")
-    r, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
+    r, alpha = _rank_and_alpha(config)
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key, a in state.items():
         if not key.endswith(".lora_A.weight"):
-            if ".lora_B.weight" not in key:
+            if not key.endswith(".lora_B.weight"):
                 raise UnsupportedAdapter(f"unexpected weight {key}")
+            if key.replace(".lora_B.weight", ".lora_A.weight") not in state:
+                raise UnsupportedAdapter(f"{key}: a LoRA B without its A")
             continue
         path = key.removeprefix(PREFIX).removesuffix(".lora_A.weight")
         b = state.get(key.replace(".lora_A.weight", ".lora_B.weight"))
@@ -114,6 +116,16 @@ def parse_lora(state: dict[str, torch.Tensor], config: dict) -> LoraWeights:
     if not pairs:
         raise UnsupportedAdapter("no LoRA weights")
     return LoraWeights(pairs, max(a.shape[0] for a, _ in pairs.values()))
+
+
+def _rank_and_alpha(config: dict) -> tuple[int, float]:
+    """`r` a positive integer, `lora_alpha` a number (default: r), else UnsupportedAdapter."""
+    r, alpha = config.get("r"), config.get("lora_alpha", config.get("r"))
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise UnsupportedAdapter(f"adapter_config.json: r must be a positive integer, not {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not math.isfinite(alpha):
+        raise UnsupportedAdapter(f"adapter_config.json: lora_alpha must be a number, not {alpha!r}")
+    return r, float(alpha)
 
 
 class SlotBank:
@@ -185,6 +197,9 @@ class SlotBank:
             self.router.rows = self.router.single = None
 
     def remove(self, slot: int) -> None:
+        """Zero a slot and give it back; a slot that is not in use is refused (it would be handed out twice)."""
+        if not 0 <= slot < self.capacity or slot in self.free:
+            raise ValueError(f"slot {slot} is not in use")
         for layer in self.layers.values():
             layer.A[slot].zero_()
             layer.B[slot].zero_()
