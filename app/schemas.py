@@ -154,12 +154,22 @@ class TrainPoint(BaseModel):
     learning_rate: float | None = None
 
 
+class LabelMetrics(BaseModel):
+    """One label's figures on labelled data (scikit-learn's precision_recall_fscore_support)."""
+
+    precision: float
+    recall: float
+    f1: float
+    support: int = Field(description="rows whose true label this is")
+
+
 class EvalPoint(BaseModel):
     step: int
     epoch: float
     loss: float | None = None
     accuracy: float | None = None
     f1_macro: float | None = None
+    per_label: dict[str, LabelMetrics] | None = None
 
 
 class JobMetrics(BaseModel):
@@ -261,6 +271,7 @@ class EvaluateResponse(BaseModel):
     f1_macro: float
     precision_macro: float
     recall_macro: float
+    per_label: dict[str, LabelMetrics]
     labels: list[str]
     confusion_matrix: list[list[int]]
 

@@ -137,6 +137,11 @@ class PeftServe:
             raise ValidationFailed(
                 f"unknown base model {body.base_model!r}; known: {', '.join(self.registry.names())}", field="base_model"
             )
+        arch = self.registry.architecture(body.base_model)
+        if arch is not None and arch.problem:
+            raise ValidationFailed(
+                f"base model {body.base_model!r} cannot be trained and served here: {arch.problem}", field="base_model"
+            )
         if body.webhook_url is not None and not self.settings.webhook_secret:
             raise ValidationFailed(
                 "this server signs webhook calls with PEFTSERVE_WEBHOOK_SECRET, which is not set", field="webhook_url"

@@ -56,7 +56,15 @@ def make_settings(root: Path, tiny_models: dict[str, Path], **overrides):
     return Settings(_env_file=None, **values)
 
 
-def submit(service, adapter: str, records: list[dict], base_model: str = "tiny-bert", **hyper):
+def submit(
+    service,
+    adapter: str,
+    records: list[dict],
+    base_model: str = "tiny-bert",
+    validation: list[dict] | None = None,
+    **hyper,
+):
+    """A job through the service, in process: `records` to train on (and `validation` rows, else the split)."""
     from app.schemas import JobCreate
 
     # Tiny models learn the toy sets fast on their attention projections alone; the product default (every
@@ -64,7 +72,10 @@ def submit(service, adapter: str, records: list[dict], base_model: str = "tiny-b
     targets = {"tiny-bert": ["query", "value"], "tiny-llama": ["q_proj", "v_proj"]}.get(base_model)
     hp = {"epochs": 15, "batch_size": 8, "learning_rate": 1e-2, "early_stopping_patience": 0, **hyper}
     hp.setdefault("target_modules", targets)
-    body = JobCreate(adapter=adapter, base_model=base_model, train={"records": records}, hyperparameters=hp)
+    val = {"records": validation} if validation is not None else None
+    body = JobCreate(
+        adapter=adapter, base_model=base_model, train={"records": records}, validation=val, hyperparameters=hp
+    )
     return service.submit_job(body)
 
 

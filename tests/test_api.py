@@ -73,6 +73,11 @@ def test_job_lifecycle_metrics_predict_evaluate(client):
     assert {"step", "epoch", "loss", "learning_rate"} <= set(metrics["train"][0])
     assert {"step", "epoch", "loss", "accuracy", "f1_macro"} <= set(metrics["eval"][0])
     assert metrics["summary"]["accuracy"] == job["result"]["metrics"]["accuracy"]
+    # per-label figures at every validation epoch and for the epoch kept, by label name
+    last = metrics["eval"][-1]["per_label"]
+    assert set(last) == {"neg", "pos"} and sum(v["support"] for v in last.values()) == 100
+    kept = job["result"]["metrics"]["per_label"]
+    assert set(kept) == {"neg", "pos"} and set(kept["pos"]) == {"precision", "recall", "f1", "support"}
 
     pred = client.post("/predict", json={"adapter": "sent", "inputs": "a great and lovely film"}).json()
     assert pred["adapter"] == "sent@v1" and len(pred["predictions"]) == 1
@@ -89,10 +94,19 @@ def test_job_lifecycle_metrics_predict_evaluate(client):
         "f1_macro",
         "precision_macro",
         "recall_macro",
+        "per_label",
         "labels",
         "confusion_matrix",
     }
     assert ev["n"] == 40 and ev["labels"] == ["neg", "pos"] and ev["accuracy"] > 0.7
+    # per label, what the confusion matrix says (rows: truth, columns: prediction)
+    cm = ev["confusion_matrix"]
+    for i, label in enumerate(ev["labels"]):
+        tp, truth, predicted = cm[i][i], sum(cm[i]), sum(row[i] for row in cm)
+        got = ev["per_label"][label]
+        assert got["support"] == truth and got["recall"] == pytest.approx(tp / truth)
+        assert got["precision"] == pytest.approx(tp / predicted if predicted else 0.0)
+    assert ev["f1_macro"] == pytest.approx(sum(v["f1"] for v in ev["per_label"].values()) / 2)
 
     events = client.get(f"/jobs/{job['id']}/events").json()["data"]
     assert events[0]["message"].startswith("Job created") and events[-1]["message"] == "Saved adapter sent@v1"
@@ -288,3 +302,22 @@ def test_get_one_pinned_version(client):
     one = client.get("/adapters/pin@v1").json()
     assert one["latest"] == "pin@v2" and [v["ref"] for v in one["versions"]] == ["pin@v1"]
     assert_error(client.get("/adapters/pin@v7"), 404)
+
+
+def test_a_base_that_cannot_be_served_is_refused_before_anything_trains(tmp_path, tiny_models):
+    """A vision model (no sequence-classification class in transformers) as a local base: 422 naming
+    base_model at POST /jobs, no job stored."""
+    from transformers import ViTConfig
+
+    from tests.support import make_settings, models_root
+
+    folder = models_root(tiny_models) / "tiny-vit"
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(folder)
+    settings = make_settings(tmp_path, {**tiny_models, "tiny-vit": folder})
+    with TestClient(create_app(settings), headers=ADMIN_HEADERS) as c:
+        body = {"adapter": "v", "base_model": "tiny-vit", "train": {"records": toy_sentiment(20)}}
+        err = assert_error(c.post("/jobs", json=body), 422, "base_model")
+        assert "tiny-vit" in err["message"] and "sequence-classification" in err["message"], err
+        assert c.get("/jobs").json()["data"] == []
+        ok = c.post("/jobs", json={**body, "base_model": "tiny-bert"})  # the server still takes good jobs
+        assert ok.status_code == 202, ok.text

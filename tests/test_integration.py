@@ -74,6 +74,6 @@ def test_smollm2_gguf_base_converts_trains_and_serves(settings):
     svc, job = train(settings, "rt-smol", "smollm2-135m", train_rows, val_rows, epochs=1, max_length=64)
     assert (settings.model_cache_dir / "smollm2-135m" / "model.safetensors").exists()
     meta = svc.adapters.resolve("rt-smol").meta
-    assert meta["head"] == "score" and meta["base_model"] == "smollm2-135m"
+    assert meta["heads"] == ["score"] and meta["base_model"] == "smollm2-135m"
     pred = svc.predict(PredictRequest(adapter="rt-smol", inputs=["Great fun.", "Dull."]))
     assert len(pred.predictions) == 2 and set(pred.predictions[0].scores) == {"negative", "positive"}

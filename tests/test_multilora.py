@@ -112,7 +112,6 @@ def test_parse_lora_keeps_paths_without_the_peft_prefix() -> None:
         {"use_dora": True},
         {"rank_pattern": {"query": 8}},
         {"alpha_pattern": {"query": 32}},
-        {"fan_in_fan_out": True},
     ],
 )
 def test_parse_lora_refuses_unsupported_configs(extra: dict) -> None:
@@ -261,6 +260,108 @@ def test_peft_adapter_through_a_slot_bank_matches_peft(tmp_path: Path) -> None:
     torch.testing.assert_close(mixed[[0, 2]], expected[[0, 2]], **TOL)
     torch.testing.assert_close(mixed[[1, 3, 4]], base[[1, 3, 4]], **TOL)
     torch.testing.assert_close(outside, base, **TOL)
+
+
+class Gpt2Like(nn.Module):
+    """GPT-2's layer type: transformers' Conv1D (weight stored [in, out]; peft wraps it with fan_in_fan_out)."""
+
+    def __init__(self) -> None:
+        from transformers.pytorch_utils import Conv1D
+
+        super().__init__()
+        self.c_attn, self.c_proj = Conv1D(9, 6), Conv1D(6, 9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(torch.tanh(self.c_attn(x)))
+
+
+def test_conv1d_layers_through_a_slot_bank_match_peft(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    plain = Gpt2Like()
+    served = copy.deepcopy(plain)
+    peft_model, path = peft_adapter(tmp_path, plain, ["c_attn", "c_proj"], r=4, lora_alpha=8, fan_in_fan_out=True)
+    state, config = load_saved(path)
+    assert config["fan_in_fan_out"] is True
+    bank = SlotBank(served, max_slots=2)
+    slot = bank.add(parse_lora(state, config))
+    x = randn(3, 5, 6, seed=4)  # [batch, seq, features], as in a transformer
+    with torch.no_grad():
+        expected = peft_model(x)
+        with peft_model.disable_adapter():
+            base = peft_model(x)
+        with bank.routed([slot] * 3):
+            got = served(x)
+        with bank.routed([slot, 1, slot]):  # mixed with an empty slot: base rows
+            mixed = served(x)
+    assert (expected - base).abs().max() > 1e-2
+    torch.testing.assert_close(got, expected, **TOL)
+    torch.testing.assert_close(mixed[[0, 2]], expected[[0, 2]], **TOL)
+    torch.testing.assert_close(mixed[1], base[1], **TOL)
+
+
+class TwoPartHead(nn.Module):
+    """A RoBERTa/ModernBERT-style task head on a frozen body: dense -> tanh -> LayerNorm -> logits, read at
+    position 0 of [batch, seq, hidden] features."""
+
+    def __init__(self, n_labels: int) -> None:
+        super().__init__()
+        self.body = nn.Linear(6, 6)
+        self.head = nn.ModuleDict({"dense": nn.Linear(6, 6), "norm": nn.LayerNorm(6)})
+        self.classifier = nn.Linear(6, n_labels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)[:, 0]
+        return self.classifier(self.head["norm"](torch.tanh(self.head["dense"](h))))
+
+
+def head_state(model: TwoPartHead) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items() if not k.startswith("body.")}
+
+
+def test_each_row_goes_through_its_own_head() -> None:
+    torch.manual_seed(0)
+    tasks = [TwoPartHead(2), TwoPartHead(3), TwoPartHead(2)]
+    for t in tasks[1:]:
+        t.body.load_state_dict(tasks[0].body.state_dict())  # one shared body, three heads
+        with torch.no_grad():
+            t.head["norm"].weight.normal_()  # a LayerNorm scale that is not all ones
+    served = copy.deepcopy(tasks[0])
+    bank = SlotBank(served, max_slots=4, heads=["head", "classifier"])
+    assert set(bank.heads) == {"head.dense", "head.norm", "classifier"} and bank.logits == "classifier"
+    slots = [bank.add(LoraWeights({}, 0), head_state(t)) for t in tasks]
+    x = randn(5, 4, 6, seed=3)
+    with torch.no_grad():
+        expected = [t(x) for t in tasks]
+        with bank.routed([slots[1]] * 5):  # one adapter: 3 labels wide
+            one = served(x)
+        row_slots = [slots[0], slots[1], slots[2], slots[1], slots[0]]
+        with bank.routed(row_slots):
+            mixed = served(x)
+    torch.testing.assert_close(one[:, :3], expected[1], **TOL)
+    assert mixed.shape == (5, 3)  # as wide as the widest head
+    for i, s in enumerate(row_slots):
+        n = expected[s].shape[1]
+        torch.testing.assert_close(mixed[i, :n], expected[s][i], **TOL)
+    # a removed head leaves nothing behind in its slot
+    bank.remove(slots[1])
+    assert all(not layer.weight[slots[1]].any() for layer in bank.heads.values())
+
+
+def test_a_head_that_does_not_fit_is_refused_before_anything_changes() -> None:
+    torch.manual_seed(0)
+    served = TwoPartHead(2)
+    bank = SlotBank(served, max_slots=4, heads=["head", "classifier"])
+    good = head_state(TwoPartHead(2))
+    cases = {
+        "missing part": {k: v for k, v in good.items() if not k.startswith("head.norm")},
+        "wrong width": {**good, "head.dense.weight": randn(6, 5, seed=1)},
+        "unknown module": {**good, "other.weight": randn(2, 6, seed=1)},
+        "no bias": {k: v for k, v in good.items() if k != "classifier.bias"},
+    }
+    for case, state in cases.items():
+        with pytest.raises(UnsupportedAdapter):
+            bank.add(LoraWeights({}, 0), state)
+        assert bank.capacity == 0 and bank.free == [], case
 
 
 # ---------------------------------------------------------------- SlotBank against a dense reference

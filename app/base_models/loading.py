@@ -7,15 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
+from app.base_models.heads import fresh_heads, inspect_architecture
 from app.base_models.registry import ResolvedModel
 
 log = logging.getLogger(__name__)
-
-# Classification heads by model family. They stay out of quantization: bitsandbytes cannot run a freshly
-# initialised (never-quantized) head, and each adapter brings its own head anyway.
-HEAD_NAMES = ("classifier", "score")
 
 
 def pick_device(setting: str) -> str:
@@ -58,11 +54,8 @@ class LoadedBase:
     tokenizer: Any
     device: str
     quantization: str
-    head_name: str
-
-    @property
-    def hidden_size(self) -> int:
-        return int(self.model.config.hidden_size)
+    heads: list[str]  # the task head's top-level modules (app/base_models/heads.py)
+    revision: str | None = None  # the hub commit the weights came from (None for a local folder)
 
     def max_tokens(self, wanted: int) -> int:
         """`wanted` capped at what the model's position embeddings allow."""
@@ -80,7 +73,9 @@ def load_tokenizer(resolved: ResolvedModel) -> Any:
     return tok
 
 
-def quantization_config(quantization: str, device: str) -> Any:
+def quantization_config(quantization: str, device: str, heads: list[str]) -> Any:
+    """bitsandbytes settings; the head stays out of quantization (bitsandbytes cannot run a freshly
+    initialised, never-quantized head, and each adapter brings its own head anyway)."""
     from transformers import BitsAndBytesConfig
 
     if quantization == "none":
@@ -91,20 +86,23 @@ def quantization_config(quantization: str, device: str) -> Any:
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=torch.bfloat16 if device == "cuda" else torch.float32,
-            llm_int8_skip_modules=list(HEAD_NAMES),
+            llm_int8_skip_modules=heads,
         )
     if quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(HEAD_NAMES))
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=heads)
     raise ValueError(f"unknown quantization {quantization!r}")
 
 
 def load_base(
     resolved: ResolvedModel, quantization: str, device: str, dtype: torch.dtype = torch.float32
 ) -> LoadedBase:
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    arch = inspect_architecture(AutoConfig.from_pretrained(resolved.path, revision=resolved.revision))
+    if arch.problem:
+        raise ValueError(f"{resolved.name}: {arch.problem}")
     tok = load_tokenizer(resolved)
-    qcfg = quantization_config(quantization, device)
+    qcfg = quantization_config(quantization, device, list(arch.heads))
     kwargs: dict[str, Any] = {
         "num_labels": 2,
         "revision": resolved.revision,
@@ -116,27 +114,10 @@ def load_base(
     if qcfg is None:
         model.to(device)
     model.config.pad_token_id = tok.pad_token_id
-    head = next((n for n in HEAD_NAMES if isinstance(getattr(model, n, None), nn.Linear)), None)
-    if head is None:
-        raise ValueError(f"{resolved.name}: no classification head named one of {HEAD_NAMES}")
-    return LoadedBase(resolved.name, model, tok, device, quantization, head)
+    revision = getattr(model.config, "_commit_hash", None)
+    return LoadedBase(resolved.name, model, tok, device, quantization, list(arch.heads), revision)
 
 
-def new_head(base: LoadedBase, labels: list[str], seed: int) -> nn.Linear:
+def new_head(base: LoadedBase, labels: list[str], seed: int) -> None:
     """A freshly initialised head for this job's label set, put in place of the base's head."""
-    old: nn.Linear = getattr(base.model, base.head_name)
-    torch.manual_seed(seed)
-    head = nn.Linear(old.in_features, len(labels), bias=old.bias is not None)
-    std = getattr(base.model.config, "initializer_range", 0.02)
-    nn.init.normal_(head.weight, std=std)
-    if head.bias is not None:
-        nn.init.zeros_(head.bias)
-    head.to(base.device)
-    setattr(base.model, base.head_name, head)
-    base.model.num_labels = len(labels)  # the model keeps its own copy for the loss
-    cfg = base.model.config
-    cfg.num_labels = len(labels)
-    cfg.id2label = dict(enumerate(labels))
-    cfg.label2id = {label: i for i, label in enumerate(labels)}
-    cfg.problem_type = "single_label_classification"
-    return head
+    fresh_heads(base.model, base.heads, labels, seed)

@@ -9,6 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from app.base_models.heads import Architecture, inspect_architecture
 from app.config import ModelSource
 from app.errors import NotFound
 
@@ -46,6 +47,7 @@ class ModelRegistry:
     def __init__(self, extra: dict[str, ModelSource], cache_dir: Path):
         self.sources = {**BUILTIN, **extra}
         self.cache_dir = cache_dir
+        self._architectures: dict[str, Architecture] = {}
 
     def names(self) -> list[str]:
         return sorted(self.sources)
@@ -78,6 +80,26 @@ class ModelRegistry:
         if target.suffix == ".gguf":
             return ResolvedModel(name, str(self._converted(name, target)))
         return ResolvedModel(name, str(target))
+
+    def architecture(self, name: str) -> Architecture | None:
+        """`name`'s *ForSequenceClassification architecture, read from its config.json alone (cached): what
+        POST /jobs checks before anything trains. None where the config can't be read here (a packaged GGUF not
+        converted yet, a hub base this process cannot reach); the worker checks again when it loads the base."""
+        if name not in self._architectures:
+            from transformers import AutoConfig
+
+            src = self.source(name)
+            if src.kind == "package" and PACKAGED[src.location].subpath.endswith(".gguf"):
+                if not (self.cache_dir / name / "config.json").exists():
+                    return None
+            try:
+                resolved = self.resolve(name)
+                config = AutoConfig.from_pretrained(resolved.path, revision=resolved.revision)
+            except (OSError, ValueError) as e:
+                log.warning("base model %s: config not readable here (%s); checked when a worker loads it", name, e)
+                return None
+            self._architectures[name] = inspect_architecture(config)
+        return self._architectures[name]
 
     def _converted(self, name: str, gguf: Path) -> Path:
         dest = self.cache_dir / name

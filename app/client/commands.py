@@ -316,7 +316,8 @@ def evaluate(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="labelled data: JSONL or CSV (text, label)"),
     as_json: bool = typer.Option(False, "--json", help="print the server's JSON"),
 ) -> None:
-    """Accuracy, macro precision/recall/F1 and the confusion matrix of an adapter on a labelled file."""
+    """Accuracy, macro precision/recall/F1, each label's figures and the confusion matrix of an adapter on a
+    labelled file."""
     from rich.markup import escape
     from rich.table import Table
 
@@ -328,6 +329,12 @@ def evaluate(
     console = _console()
     console.print(f"adapter {body['adapter']} on {body['n']} records")
     console.print("  ".join(f"{k} {body[k]:.4f}" for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro")))
+    per_label = Table(box=None, header_style="bold")
+    for column in ("label", "precision", "recall", "f1", "support"):
+        per_label.add_column(column, justify="left" if column == "label" else "right")
+    for label, m in body.get("per_label", {}).items():
+        per_label.add_row(escape(label), *(f"{m[k]:.4f}" for k in ("precision", "recall", "f1")), str(m["support"]))
+    console.print(per_label)
     console.print("confusion matrix (rows: true label, columns: predicted)")
     table = Table(box=None, header_style="bold")
     table.add_column("")

@@ -1,8 +1,8 @@
 """Which adapters are resident in the engine: load on first use, an LRU bounded by count and bytes.
 
-Each base model is loaded once with its head replaced by Identity (features out; every adapter brings its
-own head) and a SlotBank of per-row LoRA slots. Loading an adapter reads its safetensors once (hashed, then
-parsed; never pickle), copies the LoRA pairs into a free slot and builds its head.
+Each base model is loaded once with a SlotBank: per-row LoRA slots in the layers adapters target, and per-row
+copies of the task head (every adapter brings its own head). Loading an adapter reads its safetensors once
+(hashed, then parsed; never pickle) and copies its LoRA pairs and its head into a free slot.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 
 import torch
 from safetensors.torch import load as safetensors_load
-from torch import nn
 
 from app.base_models.loading import LoadedBase, load_base
 from app.base_models.registry import ModelRegistry
@@ -31,7 +30,6 @@ log = logging.getLogger(__name__)
 class Resident:
     version: AdapterVersion
     slot: int
-    head: nn.Linear
     nbytes: int
     loaded_at: float = field(default_factory=time.time)
     hits: int = 0
@@ -67,10 +65,10 @@ class AdapterCache:
         slot = self.bases.get(name)
         if slot is None:
             base = load_base(self.registry.resolve(name), self.quantization, self.device, self.dtype)
-            setattr(base.model, base.head_name, nn.Identity())  # features out; adapters bring heads
             dtype = self.dtype if base.quantization == "none" else torch.float32  # LoRA slots match the base
             base.model.eval()
-            slot = self.bases[name] = ResidentBase(base, SlotBank(base.model, self.max_loaded, dtype))
+            bank = SlotBank(base.model, self.max_loaded, dtype, heads=base.heads)
+            slot = self.bases[name] = ResidentBase(base, bank)
         return slot
 
     def ensure(self, version: AdapterVersion, pinned: set[str]) -> Resident:
@@ -107,25 +105,21 @@ class AdapterCache:
         except FileNotFoundError:  # deleted meanwhile, or a store holding no safetensors weights
             raise NotFound(f"no adapter {version.ref} (no safetensors weights)", field="adapter") from None
         base = self.base(meta["base_model"])
-        prefix = f"{PREFIX}{meta['head']}."
-        head_state = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
-        if "weight" not in head_state or head_state["weight"].shape != (len(meta["labels"]), base.base.hidden_size):
-            raise AdapterUnloadable(f"adapter {version.ref}: its head does not fit its labels and base")
-        head = nn.Linear(head_state["weight"].shape[1], head_state["weight"].shape[0], bias="bias" in head_state)
-        head.load_state_dict(head_state)
-        head.to(self.device).eval()
+        head, rest = _split_head(state, meta)
         try:
-            lora = parse_lora({k: v for k, v in state.items() if not k.startswith(prefix)}, config)
+            _check_base(meta, base.base)
+            _check_labels(head, meta["labels"], base.bank.logits)
+            lora = parse_lora(rest, config)
         except (UnsupportedAdapter, KeyError, ValueError) as e:
             raise AdapterUnloadable(f"adapter {version.ref} cannot be served: {e}") from e
-        nbytes = lora.nbytes(base.bank.dtype) + sum(p.numel() * p.element_size() for p in head.parameters())
+        nbytes = lora.nbytes(base.bank.dtype) + sum(v.numel() * 4 for v in head.values())  # heads stay fp32
         self.make_room(nbytes, pinned)
         try:
-            slot = base.bank.add(lora)
+            slot = base.bank.add(lora, head)
         except UnsupportedAdapter as e:
             raise AdapterUnloadable(f"adapter {version.ref} does not fit base {meta['base_model']}: {e}") from e
         log.info("loaded adapter %s (%d bytes) into slot %d", version.ref, nbytes, slot)
-        return Resident(version, slot, head, nbytes)
+        return Resident(version, slot, nbytes)
 
     def evict(self, ref: str) -> None:
         res = self.resident.pop(ref)
@@ -149,3 +143,30 @@ class AdapterCache:
         for ref in refs:
             if ref in self.resident:
                 self.evict(ref)
+
+
+def _split_head(state: dict[str, torch.Tensor], meta: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The head's weights (by path in the model, e.g. `classifier.dense.weight`) and the LoRA weights."""
+    heads = meta.get("heads") or [meta["head"]]  # adapters saved before multi-part heads name one module
+    prefixes = tuple(f"{PREFIX}{h}." for h in heads)
+    head = {k.removeprefix(PREFIX): v for k, v in state.items() if k.startswith(prefixes)}
+    return head, {k: v for k, v in state.items() if not k.startswith(prefixes)}
+
+
+def _check_base(meta: dict, base: LoadedBase) -> None:
+    """The adapter was trained on this base: the same head modules, the same revision where it recorded one."""
+    heads = meta.get("heads") or [meta["head"]]
+    if list(heads) != base.heads:
+        raise UnsupportedAdapter(f"its head {heads} is not this base's head {base.heads}")
+    trained_on = meta.get("base_revision")
+    if trained_on and base.revision and trained_on != base.revision:
+        raise UnsupportedAdapter(
+            f"it was trained on revision {trained_on} of {base.name}; this server has revision {base.revision}"
+        )
+
+
+def _check_labels(head: dict[str, torch.Tensor], labels: list[str], logits: str | None) -> None:
+    """The head's logits layer has one output per label."""
+    weight = head.get(f"{logits}.weight")
+    if weight is None or weight.dim() != 2 or weight.shape[0] != len(labels):
+        raise UnsupportedAdapter(f"its head does not give one score per label ({len(labels)} labels)")

@@ -235,23 +235,23 @@ class InferenceEngine:
     def _forward(self, slot: ResidentBase, items: list[tuple[_Request, Resident]]) -> dict[int, torch.Tensor]:
         """One batch on one base: encode every row once, cut the rows (sorted by length) into the forward
         passes of least padded cost, pad each, route each row through its adapter's LoRA slot, then put each
-        request's features through its adapter's own head."""
+        row through its adapter's own head (slot layers inside the model): each request's logits."""
         rows, row_slots = self._encode(slot.base, items)
         order = sorted(range(len(rows)), key=lambda j: len(rows[j]["input_ids"]))
         lengths = [len(rows[j]["input_ids"]) for j in order]
         pad_id = slot.base.tokenizer.pad_token_id or 0
-        feats: torch.Tensor | None = None
+        logits: torch.Tensor | None = None
         with torch.inference_mode():
             for lo, hi in buckets(lengths, self.bucket_overhead):
                 idx = order[lo:hi]
                 batch = pad([rows[j] for j in idx], pad_id, self.device, multiple_of=8 if hi - lo > 1 else 1)
                 with slot.bank.routed([row_slots[j] for j in idx]):
-                    f = slot.base.model(**batch).logits.float()
-                if feats is None:
-                    feats = f.new_empty(len(rows), f.shape[-1])
-                feats[idx] = f
-            assert feats is not None
-            return _heads(items, feats)
+                    out = slot.base.model(**batch).logits.float()
+                if logits is None:
+                    logits = out.new_empty(len(rows), out.shape[-1])
+                logits[idx] = out
+            assert logits is not None
+            return _probabilities(items, logits)
 
     @staticmethod
     def _encode(base: LoadedBase, items: list[tuple[_Request, Resident]]) -> tuple[list[Features], list[int]]:
@@ -265,14 +265,15 @@ class InferenceEngine:
         return rows, slots
 
 
-def _heads(items: list[tuple[_Request, Resident]], feats: torch.Tensor) -> dict[int, torch.Tensor]:
-    """Each request's rows (consecutive in `feats`) through its adapter's head: probabilities per request."""
+def _probabilities(items: list[tuple[_Request, Resident]], logits: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Each request's rows (consecutive in `logits`, as wide as the widest resident head): the softmax over
+    its adapter's own labels (the first n_labels columns)."""
     out: dict[int, torch.Tensor] = {}
     start = 0
-    for r, res in items:
-        f = feats[start : start + len(r.texts)]
+    for r, _ in items:
+        rows = logits[start : start + len(r.texts), : len(r.version.labels)]
         start += len(r.texts)
-        out[id(r)] = torch.softmax(res.head(f.to(res.head.weight.dtype)).float(), dim=-1).cpu()
+        out[id(r)] = torch.softmax(rows, dim=-1).cpu()
     return out
 
 

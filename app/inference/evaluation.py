@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from app.metrics import classification_metrics
+
 
 def to_predictions(labels: list[str], probs: torch.Tensor) -> list[dict]:
     out = []
@@ -14,18 +16,12 @@ def to_predictions(labels: list[str], probs: torch.Tensor) -> list[dict]:
 
 
 def evaluate(labels: list[str], y_true: list[str], probs: torch.Tensor) -> dict:
-    from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+    from sklearn.metrics import confusion_matrix
 
     y_pred = [labels[i] for i in probs.argmax(dim=-1).tolist()]
-    precision, recall, f1, _ = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, average="macro", zero_division=0
-    )
     return {
         "n": len(y_true),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "f1_macro": float(f1),
-        "precision_macro": float(precision),
-        "recall_macro": float(recall),
+        **classification_metrics(y_true, y_pred, labels),
         "labels": labels,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }

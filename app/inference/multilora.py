@@ -10,12 +10,15 @@ with them). Loading an adapter is a copy into a free slot; unloading zeroes it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from app.inference.heads import SlotHead, SlotLinear, slot_layer
+from app.inference.router import Router
 
 PREFIX = "base_model.model."  # how peft names the wrapped model in saved adapter weights
 
@@ -24,19 +27,23 @@ class UnsupportedAdapter(ValueError):
     pass
 
 
-class Router:
-    """Which slot each row of the running forward uses (`rows`), or None outside `SlotBank.routed`."""
+def linear_features(module: nn.Module) -> tuple[int, int] | None:
+    """(in, out) of a layer LoRA can wrap: a Linear (bitsandbytes' Linear4bit / Linear8bitLt are Linears too)
+    or GPT-2's Conv1D (weight stored [in, out]; its LoRA pair is the same x·Aᵀ·Bᵀ); None for anything else."""
+    from transformers.pytorch_utils import Conv1D
 
-    def __init__(self) -> None:
-        self.rows: torch.Tensor | None = None
-        self.single: int | None = None  # set when every row uses the same slot
+    if isinstance(module, nn.Linear):
+        return int(module.in_features), int(module.out_features)
+    if isinstance(module, Conv1D):
+        return int(module.weight.shape[0]), int(module.weight.shape[1])
+    return None
 
 
 class MultiLoRALinear(nn.Module):
     def __init__(self, base: nn.Module, router: Router, capacity: int, rank: int, dtype: torch.dtype):
         super().__init__()
         self.base, self.router = base, router
-        self.in_features, self.out_features = int(base.in_features), int(base.out_features)
+        self.in_features, self.out_features = linear_features(base)
         kw = {"device": base.weight.device, "dtype": dtype}
         self.register_buffer("A", torch.zeros(capacity, rank, self.in_features, **kw), persistent=False)
         self.register_buffer("B", torch.zeros(capacity, self.out_features, rank, **kw), persistent=False)
@@ -96,8 +103,6 @@ def parse_lora(state: dict[str, torch.Tensor], config: dict) -> LoraWeights:
     """LoRA pairs out of a peft `adapter_model.safetensors` state (head weights already taken out)."""
     if config.get("use_dora") or config.get("rank_pattern") or config.get("alpha_pattern"):
         raise UnsupportedAdapter("DoRA and per-module rank/alpha patterns are not served")
-    if config.get("fan_in_fan_out"):
-        raise UnsupportedAdapter("fan_in_fan_out (Conv1D) adapters are not served")
     r, alpha = _rank_and_alpha(config)
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     pairs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -129,18 +134,37 @@ def _rank_and_alpha(config: dict) -> tuple[int, float]:
 
 
 class SlotBank:
-    """The wrapped layers of one base model and which slot each resident adapter holds."""
+    """The wrapped layers of one base model and which slot each resident adapter holds: its LoRA pairs in the
+    targeted layers, and its task head in the head's slot layers (app/inference/heads.py)."""
 
-    def __init__(self, model: nn.Module, max_slots: int, dtype: torch.dtype = torch.float32):
+    def __init__(self, model: nn.Module, max_slots: int, dtype: torch.dtype = torch.float32, heads: Sequence[str] = ()):
         self.model, self.max_slots, self.dtype = model, max_slots, dtype
         self.device = next(model.parameters()).device
         self.router = Router()
         self.layers: dict[str, MultiLoRALinear] = {}
+        self.heads: dict[str, SlotHead] = {}  # path of each head module holding weights -> its slot layer
         self.capacity, self.rank = 0, 0
         self.free: list[int] = []
+        for name in heads:
+            self._wrap_head(name)
+        # the layer giving the logits: the head's last Linear (each adapter's scores are its first n_labels)
+        self.logits = next((p for p, h in reversed(self.heads.items()) if isinstance(h, SlotLinear)), None)
 
-    def _linear(self, path: str) -> tuple[nn.Module, str, nn.Linear]:
-        """The frozen Linear at `path` (relative to the model), its parent and its attribute name."""
+    def _wrap_head(self, name: str) -> None:
+        """Every module of the head `name` that holds weights becomes a slot layer."""
+        head = self.model.get_submodule(name)
+        for path, module in list(head.named_modules(prefix=name)):
+            if not any(True for _ in module.parameters(recurse=False)):
+                continue
+            layer = slot_layer(module, self.router, self.capacity, self.device)
+            if layer is None:
+                raise UnsupportedAdapter(f"head module {path} is a {type(module).__name__}: not served")
+            parent, _, child = path.rpartition(".")
+            setattr(self.model.get_submodule(parent) if parent else self.model, child, layer)
+            self.heads[path] = layer
+
+    def _linear(self, path: str) -> tuple[nn.Module, str, nn.Module]:
+        """The frozen Linear (or Conv1D) at `path` (relative to the model), its parent and its attribute name."""
         parent_path, _, child = path.rpartition(".")
         try:
             parent = self.model.get_submodule(parent_path) if parent_path else self.model
@@ -149,7 +173,7 @@ class SlotBank:
             raise UnsupportedAdapter(f"the base has no module {path}") from None
         if isinstance(target, MultiLoRALinear):
             target = target.base
-        if not isinstance(target, nn.Linear):  # bitsandbytes' Linear4bit / Linear8bitLt are Linears too
+        if linear_features(target) is None:
             raise UnsupportedAdapter(f"{path} is a {type(target).__name__}, not a Linear")
         return parent, child, target
 
@@ -162,12 +186,10 @@ class SlotBank:
             self.layers[path] = layer
         return layer
 
-    def add(self, lora: LoraWeights) -> int:
-        """Copy an adapter into a free slot; returns the slot."""
-        for path, (a, b) in lora.pairs.items():  # check every module before touching any
-            base = self._linear(path)[2]
-            if (b.shape[0], a.shape[1]) != (base.out_features, base.in_features):
-                raise UnsupportedAdapter(f"{path}: LoRA shape {tuple(b.shape[:1]) + tuple(a.shape[1:])} does not fit")
+    def add(self, lora: LoraWeights, head: dict[str, torch.Tensor] | None = None) -> int:
+        """Copy an adapter (its LoRA pairs, and its head's weights by name, e.g. `classifier.dense.weight`)
+        into a free slot; returns the slot. Every shape is checked before anything is touched."""
+        head_parts = self._check(lora, head or {})
         if not self.free:
             if self.capacity >= self.max_slots:
                 raise RuntimeError("no free slot")  # the engine evicts before it adds
@@ -184,7 +206,28 @@ class SlotBank:
                 a, b = lora.pairs[path]
                 layer.A[slot, : a.shape[0]] = a
                 layer.B[slot, :, : a.shape[0]] = b
+        for path, part in head_parts.items():
+            self.heads[path].put(slot, part)
         return slot
+
+    def _check(self, lora: LoraWeights, head: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """LoRA pairs that fit their layers, and a head whose weights are exactly the head's slot layers';
+        returns the head's weights by layer."""
+        for path, (a, b) in lora.pairs.items():
+            in_features, out_features = linear_features(self._linear(path)[2])
+            if (b.shape[0], a.shape[1]) != (out_features, in_features):
+                raise UnsupportedAdapter(f"{path}: LoRA shape {tuple(b.shape[:1]) + tuple(a.shape[1:])} does not fit")
+        parts: dict[str, dict[str, torch.Tensor]] = {path: {} for path in self.heads}
+        for key, value in head.items():
+            path, _, name = key.rpartition(".")
+            if path not in parts:
+                raise UnsupportedAdapter(f"head weight {key} belongs to no head module of this base")
+            parts[path][name] = value.float()
+        for path, layer in self.heads.items():
+            problem = layer.check(parts[path])
+            if problem:
+                raise UnsupportedAdapter(f"head module {path}: {problem}")
+        return parts
 
     @contextmanager
     def routed(self, slots: list[int]) -> Iterator[None]:
@@ -203,11 +246,16 @@ class SlotBank:
         for layer in self.layers.values():
             layer.A[slot].zero_()
             layer.B[slot].zero_()
+        for head in self.heads.values():
+            head.clear(slot)
         self.free.append(slot)
         self.free.sort()
 
     def _resize(self, capacity: int, rank: int) -> None:
         for layer in self.layers.values():
             layer.resize(capacity, rank)
+        if capacity != self.capacity:
+            for head in self.heads.values():
+                head.resize(capacity)
         self.free.extend(range(self.capacity, capacity))
         self.capacity, self.rank = capacity, rank

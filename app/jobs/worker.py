@@ -162,7 +162,8 @@ class Worker:
                 "metrics": result.metrics,
                 "job_id": job.id,
                 "quantization": base.quantization,
-                "head": base.head_name,
+                "heads": base.heads,
+                "base_revision": base.revision,
             }
             return Outcome(
                 "succeeded", adapter=self.resources.adapters.commit(staging, job.adapter, meta), metrics=meta["metrics"]
@@ -278,7 +279,7 @@ class _JobReporter:
     def metrics(self, points: list[dict]) -> None:
         self.store.add_metrics(self.job_id, points, self.worker_id)
         last = points[-1]
-        values = ", ".join(f"{k} {v:.4g}" for k, v in last["values"].items())
+        values = ", ".join(f"{k} {v:.4g}" for k, v in last["values"].items() if isinstance(v, int | float))
         self.store.add_event(self.job_id, f"{last['kind']} step {last['step']}: {values}", type="metrics", data=last)
 
     def event(self, message: str, data: dict | None = None) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from app.base_models.loading import LoadedBase
 from app.errors import JobInterrupted, TrainingError
+from app.metrics import classification_metrics
 from app.training.batches import Encoded, collate, encode, length_grouped_batches
 from app.training.checkpoint import Checkpoints, fingerprint, restore_rngs
 from app.training.config import Hyperparameters
@@ -75,15 +76,6 @@ class RunState:
     @classmethod
     def from_checkpoint(cls, saved: dict[str, Any]) -> RunState:
         return cls(**{f.name: saved[f.name] for f in fields(cls)})
-
-
-def classification_metrics(y_true: Any, y_pred: Any, n_labels: int) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, f1_score
-
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "f1_macro": float(f1_score(y_true, y_pred, average="macro", labels=list(range(n_labels)), zero_division=0)),
-    }
 
 
 class TrainingRun:
@@ -283,7 +275,7 @@ class TrainingRun:
         return bool(patience and state.bad_epochs >= patience)
 
     @torch.no_grad()
-    def evaluate(self, data: Encoded) -> dict[str, float]:
+    def evaluate(self, data: Encoded) -> dict[str, Any]:
         self.model.eval()
         order = sorted(range(len(data)), key=lambda i: len(data.features[i]["input_ids"]))
         preds, losses = [], []
@@ -296,7 +288,13 @@ class TrainingRun:
             preds.extend(logits.argmax(-1).tolist())
         y_true = [data.labels[i] for i in order]
         self.model.train()
-        return {"loss": sum(losses) / len(data), **classification_metrics(y_true, preds, len(self.labels))}
+        scores = classification_metrics(y_true, preds, range(len(self.labels)))
+        return {
+            "loss": sum(losses) / len(data),
+            "accuracy": scores["accuracy"],
+            "f1_macro": scores["f1_macro"],
+            "per_label": dict(zip(self.labels, scores["per_label"].values(), strict=True)),  # by name, not index
+        }
 
     # ---- finish -------------------------------------------------------------------------------
     def _finish(self, state: RunState, out_dir: Path) -> TrainResult:
@@ -318,7 +316,7 @@ class TrainingRun:
         if state.best is not None:  # the weights we save are those of the best validation epoch
             _, best_step, values, weights = state.best
             self.model.load_state_dict(weights, strict=False)
-            metrics.update({k: round(v, 6) for k, v in values.items()})
+            metrics.update(_rounded(values))
             metrics["best_step"] = best_step
         self.model.save_pretrained(str(out_dir), safe_serialization=True)
         return TrainResult(metrics=metrics)
@@ -341,3 +339,10 @@ class TrainingRun:
         reason = self.reporter.progress(step, self.total, round(epoch, 4))
         if reason and not self.stop_reason:
             self.stop_reason = reason
+
+
+def _rounded(values: dict[str, Any]) -> dict[str, Any]:
+    """Floats to 6 places, nested dicts (per-label figures) too."""
+    return {
+        k: _rounded(v) if isinstance(v, dict) else round(v, 6) if isinstance(v, float) else v for k, v in values.items()
+    }

@@ -58,13 +58,15 @@ def _with_lora(base: LoadedBase, hp: Hyperparameters) -> torch.nn.Module:
     from peft import LoraConfig, TaskType, get_peft_model
 
     lora = LoraConfig(
-        task_type=TaskType.SEQ_CLS,  # peft then adds the head to modules_to_save: it trains and saves with us
+        task_type=TaskType.SEQ_CLS,
         r=hp.lora_r,
         lora_alpha=hp.lora_alpha,
         lora_dropout=hp.lora_dropout,
-        # all-linear: attention and feed-forward projections (peft leaves the classification head out); the
-        # README's quality table shows what it gains over query/value alone.
+        # all-linear: attention and feed-forward projections; the README's quality table shows what it gains
+        # over query/value alone. Nothing inside the head gets LoRA layers (peft leaves modules_to_save out).
         target_modules=hp.target_modules or "all-linear",
+        # every module of the task head trains in full and is saved with the adapter (app/base_models/heads.py)
+        modules_to_save=list(base.heads),
     )
     try:
         # LoRA weights and the head stay fp32 (the optimizer's master copy) even on a bf16 base.
