@@ -196,6 +196,29 @@ def test_preload_and_unservable_adapters(trained, tmp_path):
     assert engine.predict("sent", TEXTS)[1].shape == (len(TEXTS), 2)  # the engine keeps serving
 
 
+def test_an_adapter_from_another_base_revision_is_refused(trained):
+    """The adapter records the hub commit its base came from; a server whose base is at another commit refuses
+    it (409 naming both) instead of serving weights trained for other base weights."""
+    import shutil
+
+    from app.errors import AdapterUnloadable
+
+    _, svc = trained
+    engine = InferenceEngine(svc.registry, svc.adapters, "cpu", "none")
+    src = svc.adapters.resolve("sent")
+    staging = svc.adapters.staging_dir()
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
+        shutil.copy(src.path / f, staging / f)
+    meta = {k: v for k, v in src.meta.items() if k not in ("name", "version", "sha256")}
+    svc.adapters.commit(staging, "pinned", {**meta, "base_revision": "a" * 40})
+    engine.cache.base("tiny-bert").base.revision = "b" * 40  # as if the registry pinned another commit
+    with pytest.raises(AdapterUnloadable, match=f"revision {'a' * 40} .* revision {'b' * 40}"):
+        engine.predict("pinned", TEXTS)
+    engine.cache.base("tiny-bert").base.revision = "a" * 40
+    assert engine.predict("pinned", TEXTS)[1].shape == (len(TEXTS), 2)
+    engine.close()
+
+
 def test_bf16_serving_agrees_with_fp32(trained):
     _, svc = trained
     texts = [f"{'good ' * (i % 5)}{'awful ' * (i % 3)}film {i}" for i in range(40)]
