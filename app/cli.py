@@ -89,6 +89,7 @@ def _connection(
 
 
 app.registered_commands += client_commands.registered_commands
+app.registered_groups += client_commands.registered_groups  # `peftserve adapters [download]`
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from app.inference.engine import InferenceEngine
 from app.inference.evaluation import evaluate, to_predictions
 from app.jobs.tables import DatasetRow, Job
 from app.resources import SharedResources
-from app.stores.adapters import AdapterVersion, parse_ref, validate_name
+from app.stores.adapters import AdapterVersion, archive, parse_ref, validate_name
 from app.telemetry import Telemetry
 from app.training.data import Limits, check_split_possible, parse_upload, validate_records
 
@@ -189,6 +189,10 @@ class PeftServe:
         if not pinned:
             raise NotFound(f"adapter {name!r} has no version v{version}", field="name")
         return schemas.AdapterPublic(name=name, latest=versions[-1].ref, versions=pinned)
+
+    def adapter_archive(self, ref: str) -> tuple[str, bytes]:
+        """`name` (newest) or `name@vN` as a gzipped tarball of peft's folder: (file name, bytes)."""
+        return archive(self.adapters.resolve(ref, field="ref"))
 
     def list_adapters(self) -> schemas.AdaptersPublic:
         data = []

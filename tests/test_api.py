@@ -321,3 +321,40 @@ def test_a_base_that_cannot_be_served_is_refused_before_anything_trains(tmp_path
         assert c.get("/jobs").json()["data"] == []
         ok = c.post("/jobs", json={**body, "base_model": "tiny-bert"})  # the server still takes good jobs
         assert ok.status_code == 202, ok.text
+
+
+def test_download_is_a_peft_folder_that_predicts_what_the_server_predicts(client, tmp_path):
+    import io
+    import tarfile
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    assert train(client, "topic", toy_topic(120))["status"] == "succeeded"
+    r = client.get("/adapters/topic@v1/archive")
+    assert r.status_code == 200 and r.headers["content-type"] == "application/gzip"
+    assert r.headers["content-disposition"] == 'attachment; filename="topic-v1.tar.gz"'
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+        members = tar.getmembers()
+        assert all(m.isfile() and m.name.startswith("topic-v1/") for m in members)
+        tar.extractall(tmp_path, filter="data")
+    assert client.get("/adapters/topic/archive").content == r.content  # newest = v1, and the same bytes
+    folder = tmp_path / "topic-v1"
+    labels = json.loads((folder / "peftserve.json").read_text())["labels"]
+    assert labels == ["neg", "pos", "sport"]
+
+    base_path = client.settings.models["tiny-bert"].location  # what the README in the archive tells a user to do
+    base = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=len(labels))
+    tok = AutoTokenizer.from_pretrained(base_path)
+    model = PeftModel.from_pretrained(base, str(folder)).eval()
+    texts = ["good film and a great cast", "goal match team", "awful plot"]
+    with torch.no_grad():
+        expected = [torch.softmax(model(**tok([t], return_tensors="pt")).logits, -1)[0] for t in texts]
+    served = client.post("/predict", json={"adapter": "topic@v1", "inputs": texts}).json()["predictions"]
+    for e, p in zip(expected, served, strict=True):
+        assert [p["scores"][label] for label in labels] == pytest.approx(e.tolist(), abs=1e-5)
+
+    assert_error(client.get("/adapters/nope/archive"), 404, "ref")
+    assert_error(client.get("/adapters/topic@v9/archive"), 404, "ref")
+    assert_error(client.get("/adapters/-x/archive"), 422, "ref")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
 
@@ -249,6 +250,14 @@ def test_submit_watch_then_jobs_adapters_predict_evaluate(live):
     r = invoke(live, "adapters")
     assert r.exit_code == 0, r.output
     assert "sent@v1" in r.output and "tiny-bert" in r.output and "neg, pos" in r.output
+    r = invoke(live, "adapters", "download", "sent", "-o", str(live.cwd))
+    assert r.exit_code == 0, r.output
+    with tarfile.open(live.cwd / "sent-v1.tar.gz") as tar:
+        assert sorted(tar.getnames()) == [
+            f"sent-v1/{f}" for f in ("README.md", "adapter_config.json", "adapter_model.safetensors", "peftserve.json")
+        ]
+    r = invoke(live, "adapters", "download", "nope")
+    assert r.exit_code == 1 and "no adapter" in r.output, r.output
 
     r = invoke(live, "predict", "sent", "a lovely superb film", "awful and dull", key=USER_KEY)
     assert r.exit_code == 0, r.output
@@ -260,6 +269,7 @@ def test_submit_watch_then_jobs_adapters_predict_evaluate(live):
     r = invoke(live, "evaluate", "sent", str(held_out))
     assert r.exit_code == 0, r.output
     assert "adapter sent@v1 on 200 records" in r.output and "confusion matrix" in r.output
+    assert "support" in r.output and "100" in r.output  # the per-label table: 100 held-out rows of each label
     # it learnt the task: an untrained adapter (one label for everything) scores 0.5 here
     assert float(r.output.split("accuracy ")[1].split()[0]) >= 0.9, r.output
 

@@ -58,9 +58,19 @@ class LoadedBase:
     revision: str | None = None  # the hub commit the weights came from (None for a local folder)
 
     def max_tokens(self, wanted: int) -> int:
-        """`wanted` capped at what the model's position embeddings allow."""
-        limit = getattr(self.model.config, "max_position_embeddings", None) or wanted
-        return max(1, min(wanted, int(limit)))
+        """`wanted` capped at what the model takes: its position embeddings (RoBERTa-style embeddings number
+        positions from pad id + 1, so 514 positions take 512 tokens) and its tokenizer's model_max_length."""
+        limits = [wanted]
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions:
+            embeddings = getattr(self.model.base_model, "embeddings", None)
+            offset = getattr(embeddings, "padding_idx", None)
+            numbered_after_pad = hasattr(type(embeddings), "create_position_ids_from_input_ids")
+            limits.append(int(positions) - (offset + 1 if numbered_after_pad and offset is not None else 0))
+        model_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(model_max, int) and model_max < 1_000_000:  # unset: a huge sentinel
+            limits.append(model_max)
+        return max(1, min(limits))
 
 
 def load_tokenizer(resolved: ResolvedModel) -> Any:

@@ -311,6 +311,27 @@ class PeftServeClient:
     def adapter(self, name: str) -> dict[str, Any]:
         return self._request("GET", f"/adapters/{name}")
 
+    def download_adapter(self, ref: str, dest: str | os.PathLike | None = None) -> Path:
+        """Save `name` (newest) or `name@vN` as the server's .tar.gz of peft's folder; returns the file written
+        (`dest`, or the server's file name in the current folder, or inside `dest` when it is a folder)."""
+        try:
+            with self._http.stream("GET", f"/adapters/{ref}/archive") as r:
+                if r.is_error:
+                    r.read()
+                    raise PeftServeAPIError.from_response(r)
+                filename = _attachment_name(r.headers.get("content-disposition", "")) or f"{ref}.tar.gz"
+                path = Path(dest) if dest is not None else Path(filename)
+                if path.is_dir():
+                    path = path / filename
+                tmp = path.with_name(f".{path.name}.part")
+                with tmp.open("wb") as f:
+                    for chunk in r.iter_bytes():
+                        f.write(chunk)
+                tmp.replace(path)
+                return path
+        except httpx.HTTPError as e:
+            raise PeftServeConnectionError(f"cannot reach {self.base_url}: {e or type(e).__name__}") from e
+
     def delete_adapter(self, ref: str) -> list[str]:
         """Delete `name@vN`, or every version of `name`; returns the refs deleted."""
         return self._request("DELETE", f"/adapters/{ref}")["deleted"]
@@ -327,3 +348,10 @@ class PeftServeClient:
     def evaluate(self, adapter: str, data: Data) -> dict[str, Any]:
         """Accuracy, macro P/R/F1 and confusion matrix on a file (uploaded first), records, or {"dataset": id}."""
         return self._request("POST", "/evaluate", json={"adapter": adapter, **self._data(data)})
+
+
+def _attachment_name(disposition: str) -> str | None:
+    """The plain file name of a `Content-Disposition: attachment; filename="…"` header (no folders)."""
+    _, sep, rest = disposition.partition('filename="')
+    name = rest.partition('"')[0] if sep else ""
+    return name if name and "/" not in name and "\\" not in name and name not in (".", "..") else None

@@ -1,4 +1,5 @@
-"""The client commands of `peftserve`: `submit`, `jobs`, `watch`, `cancel`, `adapters`, `predict`, `evaluate`.
+"""The client commands of `peftserve`: `submit`, `jobs`, `watch`, `cancel`, `adapters` (`download`), `predict`,
+`evaluate`.
 
 They talk to a server over HTTP through app.client (httpx) and print with rich; nothing heavy (torch, the
 app) is imported, so they start fast. app/cli.py adds them to the `peftserve` command.
@@ -253,9 +254,32 @@ def cancel(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB"))
     _console().print(f"{job['id']} {_status(job['status'])}{note}")
 
 
-@commands.command()
+adapter_commands = typer.Typer(help="List adapters (no subcommand), or download one.")
+commands.add_typer(adapter_commands, name="adapters")
+
+
+@adapter_commands.callback(invoke_without_command=True)
 def adapters(ctx: typer.Context) -> None:
     """List adapters: versions, base model, labels, validation metrics, and which are loaded."""
+    if ctx.invoked_subcommand is None:
+        _list_adapters(ctx)
+
+
+@adapter_commands.command("download")
+def download(
+    ctx: typer.Context,
+    ref: str = typer.Argument(..., metavar="ADAPTER", help="`name` (newest version) or `name@vN`"),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="file or folder to write [default: NAME-vN.tar.gz here]"
+    ),
+) -> None:
+    """Download an adapter as a .tar.gz of the standard peft folder (loadable with PeftModel.from_pretrained)."""
+    with _client(ctx) as client:
+        path = client.download_adapter(ref, output)
+    _console().print(f"{ref} -> {path} ({path.stat().st_size:,} bytes)")
+
+
+def _list_adapters(ctx: typer.Context) -> None:
     from rich.markup import escape
     from rich.table import Table
 

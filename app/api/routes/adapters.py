@@ -1,4 +1,4 @@
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
 from app.api.deps import ServiceDep
 from app.schemas import AdapterPublic, AdaptersPublic, DeletedPublic, LoadedAdapter
@@ -28,3 +28,18 @@ def get_adapter(*, svc: ServiceDep, name: str) -> AdapterPublic:
 def delete_adapter(*, svc: ServiceDep, name: str) -> DeletedPublic:
     """Delete every version (`name`) or one (`name@vN`); it stops being served at once."""
     return DeletedPublic(deleted=svc.delete_adapter(name))
+
+
+@router.get(
+    "/{ref}/archive",
+    response_class=Response,
+    responses={200: {"content": {"application/gzip": {}}, "description": "a .tar.gz of the adapter's folder"}},
+)
+def download_adapter(*, svc: ServiceDep, ref: str) -> Response:
+    """`name` (newest version) or `name@vN` as a gzipped tarball of the standard peft folder
+    (adapter_config.json, adapter_model.safetensors with the head, peftserve.json with the labels, a README):
+    `PeftModel.from_pretrained` on the same base loads it and predicts what this server predicts."""
+    filename, data = svc.adapter_archive(ref)
+    return Response(
+        data, media_type="application/gzip", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    )
