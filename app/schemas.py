@@ -64,6 +64,11 @@ class JobCreate(BaseModel):
     validation: DataSource | None = None
     validation_split: float = Field(0.1, ge=0, lt=1, description="held out of train when no validation")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    init_from: Text | None = Field(
+        None,
+        description="continue training this adapter version (`name`: the newest, or `name@vN`): start from its LoRA"
+        " weights and head; the same base and label set, its LoRA rank, alpha and targets",
+    )
     webhook_url: Annotated[HttpUrl, UrlConstraints(max_length=2048)] | None = Field(
         None, description="called with a signed POST when the job ends (succeeded, failed or cancelled)"
     )
@@ -96,6 +101,7 @@ class JobPublic(BaseModel):
     train_dataset: str
     validation_dataset: str | None
     validation_split: float
+    init_from: str | None = Field(None, description="the adapter version this job continues (`name@vN`)")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -119,6 +125,7 @@ class JobPublic(BaseModel):
             train_dataset=job.train_dataset,
             validation_dataset=job.validation_dataset,
             validation_split=job.validation_split,
+            init_from=job.init_from,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
@@ -212,6 +219,7 @@ class AdapterVersionPublic(BaseModel):
     metrics: dict[str, Any]
     hyperparameters: dict[str, Any]
     job_id: str | None
+    parent: str | None = Field(None, description="the version this one continued (`init_from`), if any")
     created_at: str
     sha256: str
     size_bytes: int

@@ -21,7 +21,11 @@ from app.jobs.tables import DatasetRow, Job
 from app.resources import SharedResources
 from app.stores.adapters import AdapterVersion, archive, parse_ref, validate_name
 from app.telemetry import Telemetry
+from app.training.config import Hyperparameters
 from app.training.data import Limits, check_split_possible, parse_upload, validate_records
+
+# What an adapter continued with init_from keeps from its parent: its weights must fit the same LoRA layers.
+LORA_STRUCTURE = ("lora_r", "lora_alpha", "target_modules")
 
 
 @dataclass
@@ -120,10 +124,12 @@ class PeftServe:
             _check_known_labels(validation, train.labels)
         else:
             check_split_possible(train.size, body.validation_split, "validation_split")
+        parent, hp = self._continued(body, train)
         return self.store.create_job(
             adapter=body.adapter,
             base_model=body.base_model,
-            hyperparameters=body.hyperparameters.model_dump(),
+            hyperparameters=hp.model_dump(),
+            init_from=parent,
             train_dataset=self._stored(train).id,
             validation_dataset=self._stored(validation).id if validation is not None else None,
             validation_split=0.0 if validation is not None else body.validation_split,
@@ -146,6 +152,36 @@ class PeftServe:
             raise ValidationFailed(
                 "this server signs webhook calls with PEFTSERVE_WEBHOOK_SECRET, which is not set", field="webhook_url"
             )
+
+    def _continued(self, body: schemas.JobCreate, train: RequestData) -> tuple[str | None, Hyperparameters]:
+        """For `init_from`: the pinned version (`name@vN`) and the hyperparameters with its LoRA structure (rank,
+        alpha, targets: the weights must fit); refused with a 422 naming the field when the version is unknown,
+        on another base, has another label set, or the job asks for another LoRA structure."""
+        hp = body.hyperparameters
+        if body.init_from is None:
+            return None, hp
+        try:
+            parent = self.adapters.resolve(body.init_from, field="init_from")
+        except NotFound as e:
+            raise ValidationFailed(e.message, field="init_from") from None
+        if parent.meta["base_model"] != body.base_model:
+            raise ValidationFailed(
+                f"{parent.ref} was trained on {parent.meta['base_model']!r}, this job's base_model is "
+                f"{body.base_model!r}",
+                field="init_from",
+            )
+        if set(parent.labels) != set(train.labels):
+            raise ValidationFailed(
+                f"{parent.ref} has labels {sorted(parent.labels)}; the training data has {sorted(train.labels)}",
+                field="init_from",
+            )
+        inherited = {k: parent.meta["hyperparameters"][k] for k in LORA_STRUCTURE}
+        for key, value in inherited.items():
+            if key in hp.model_fields_set and getattr(hp, key) != value:
+                raise ValidationFailed(
+                    f"{key} must be {value!r}, as in {parent.ref} (init_from)", field=f"hyperparameters.{key}"
+                )
+        return parent.ref, hp.model_copy(update=inherited)
 
     def job_metrics(self, job_id: str) -> schemas.JobMetrics:
         job = self.store.get_job(job_id)
@@ -176,6 +212,7 @@ class PeftServe:
             metrics=m.get("metrics", {}),
             hyperparameters=m.get("hyperparameters", {}),
             job_id=m.get("job_id"),
+            parent=m.get("parent"),
             created_at=m.get("created_at", ""),
             sha256=m.get("sha256", ""),
             size_bytes=v.size_bytes,

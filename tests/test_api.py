@@ -358,3 +358,39 @@ def test_download_is_a_peft_folder_that_predicts_what_the_server_predicts(client
     assert_error(client.get("/adapters/nope/archive"), 404, "ref")
     assert_error(client.get("/adapters/topic@v9/archive"), 404, "ref")
     assert_error(client.get("/adapters/-x/archive"), 422, "ref")
+
+
+def test_init_from_continues_an_adapter_and_records_its_parent(client):
+    first = train(client, "sent", toy_sentiment(120))
+    assert first["status"] == "succeeded"
+    texts = ["good film and a great cast", "awful plot", "the movie was dull"]
+    before = client.post("/predict", json={"adapter": "sent@v1", "inputs": texts}).json()["predictions"]
+
+    # With a learning rate too small to move anything, the continued version answers as its parent does: it
+    # started from the parent's LoRA weights and head (a fresh head would answer near chance).
+    still = {**HP, "learning_rate": 1e-12, "epochs": 1}
+    body = {"adapter": "sent", "base_model": "tiny-bert", "train": {"records": toy_sentiment(60, seed=9)}}
+    r = client.post("/jobs", json={**body, "init_from": "sent", "hyperparameters": still})
+    assert r.status_code == 202, r.text
+    assert r.json()["init_from"] == "sent@v1"  # pinned at submit
+    Worker(client.settings).run(burst=True)
+    job = client.get(f"/jobs/{r.json()['id']}").json()
+    assert job["status"] == "succeeded" and job["result"]["adapter"] == "sent@v2", job
+    after = client.post("/predict", json={"adapter": "sent@v2", "inputs": texts}).json()["predictions"]
+    for b, a in zip(before, after, strict=True):
+        assert a["label"] == b["label"] and a["scores"] == pytest.approx(b["scores"], abs=1e-4)
+    versions = client.get("/adapters/sent").json()["versions"]
+    assert [v["parent"] for v in versions] == [None, "sent@v1"]
+    assert versions[1]["hyperparameters"]["target_modules"] == HP["target_modules"]  # the parent's structure
+
+    # refused before anything is stored, naming the field
+    assert_error(client.post("/jobs", json={**body, "init_from": "nope"}), 422, "init_from")
+    assert_error(client.post("/jobs", json={**body, "init_from": "sent@v7"}), 422, "init_from")
+    topic = {**body, "train": {"records": toy_topic(60)}, "init_from": "sent"}
+    err = assert_error(client.post("/jobs", json=topic), 422, "init_from")
+    assert "labels" in err["message"]
+    other_base = {**body, "base_model": "tiny-llama", "init_from": "sent"}
+    assert_error(client.post("/jobs", json=other_base), 422, "init_from")
+    other_rank = {**body, "init_from": "sent", "hyperparameters": {**HP, "lora_r": 4}}
+    assert_error(client.post("/jobs", json=other_rank), 422, "hyperparameters.lora_r")
+    assert len(client.get("/jobs").json()["data"]) == 2

@@ -193,8 +193,10 @@ class PeftServeClient:
         base_model: str | None = None,
         hyperparameters: Mapping[str, Any] | None = None,
         validation_split: float | None = None,
+        init_from: str | None = None,
     ) -> dict[str, Any]:
-        """Queue a training job; files are uploaded first. Returns the job (`id`, `status`, …)."""
+        """Queue a training job; files are uploaded first. Returns the job (`id`, `status`, …). `init_from`
+        (`name` or `name@vN`) continues that adapter version instead of starting a fresh one."""
         body: dict[str, Any] = {"adapter": adapter, "train": self._data(train)}
         if validation is not None:
             body["validation"] = self._data(validation)
@@ -204,6 +206,8 @@ class PeftServeClient:
             body["hyperparameters"] = dict(hyperparameters)
         if validation_split is not None:
             body["validation_split"] = validation_split
+        if init_from is not None:
+            body["init_from"] = init_from
         return self._request("POST", "/jobs", json=body)
 
     def jobs(self, status: str | None = None, limit: int = 20) -> list[dict[str, Any]]:

@@ -83,6 +83,9 @@ def submit(
     learning_rate: float | None = typer.Option(None, help="hyperparameter learning_rate"),
     lora_r: int | None = typer.Option(None, help="hyperparameter lora_r"),
     hp: list[str] | None = typer.Option(None, "--hp", help="any hyperparameter as key=value (JSON value); repeatable"),
+    init_from: str | None = typer.Option(
+        None, "--init-from", help="continue this adapter version (name or name@vN): its weights, labels, LoRA shape"
+    ),
     watch_: bool = typer.Option(
         False, "--watch", "-w", help="follow the job until it ends (exit 1 unless it succeeds)"
     ),
@@ -100,6 +103,7 @@ def submit(
             base_model=base_model,
             hyperparameters=hyper,
             validation_split=validation_split,
+            init_from=init_from,
         )
         if quiet:
             typer.echo(job["id"])

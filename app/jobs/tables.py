@@ -76,6 +76,7 @@ class Job(Base):
     estimated_finish: Mapped[datetime | None]  # from the measured step time of the running attempt
     samples_per_second: Mapped[float | None]  # training throughput of the running attempt
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    init_from: Mapped[str | None] = mapped_column(String(80))  # the adapter version a job continues (name@vN)
 
 
 class MetricPoint(Base):

@@ -137,7 +137,8 @@ class Worker:
         hp = Hyperparameters(**job.hyperparameters)
         reporter.batch_size = hp.batch_size
         train, val = self._data(job, hp.seed)
-        labels = sorted({r["label"] for r in train} | {r["label"] for r in val})
+        parent = self._parent(job)
+        labels = parent.labels if parent else sorted({r["label"] for r in train} | {r["label"] for r in val})
         base = self._base(job.base_model, reporter)
         reporter.event(f"Training {len(train)} examples, validating on {len(val)}; labels {labels}")
         staging = self.resources.adapters.staging_dir()
@@ -152,6 +153,7 @@ class Worker:
                 reporter,
                 gradient_checkpointing=self.settings.gradient_checkpointing,
                 checkpoints=checkpoints,
+                init_from=parent.weights if parent else None,
             )
             if not self.store.owns(job.id, self.id):  # lease lost meanwhile: another worker has it
                 return Outcome("lost")
@@ -164,12 +166,23 @@ class Worker:
                 "quantization": base.quantization,
                 "heads": base.heads,
                 "base_revision": base.revision,
+                "parent": parent.ref if parent else None,
             }
             return Outcome(
                 "succeeded", adapter=self.resources.adapters.commit(staging, job.adapter, meta), metrics=meta["metrics"]
             )
         finally:
             self.resources.adapters.discard(staging)  # gone already once committed
+
+    def _parent(self, job: Job) -> AdapterVersion | None:
+        """The adapter version the job continues (`init_from`), if any; gone since the job was queued: the job
+        fails saying so."""
+        if not job.init_from:
+            return None
+        try:
+            return self.resources.adapters.resolve(job.init_from, field="init_from")
+        except NotFound as e:
+            raise TrainingError("init_from_missing", f"init_from: {e.message}") from None
 
     def _data(self, job: Job, seed: int) -> tuple[list[dict], list[dict]]:
         """The job's training and validation rows: its own validation set, or a seeded split of train."""

@@ -29,12 +29,15 @@ def train_adapter(
     reporter: Reporter,
     gradient_checkpointing: bool = False,
     checkpoints: Checkpoints | None = None,
+    init_from: Path | None = None,
 ) -> TrainResult:
     _seed(hp.seed)
     new_head(base, labels, hp.seed)
     _prepare_base(base, gradient_checkpointing)
     model = _with_lora(base, hp)
     try:
+        if init_from is not None:
+            _load_parent(model, init_from)
         return TrainingRun(base, model, labels, hp, reporter, checkpoints).run(train_rows, val_rows, out_dir)
     finally:
         # Take LoRA layers and the head wrapper off again: the shared base is clean for the next job.
@@ -75,6 +78,22 @@ def _with_lora(base: LoadedBase, hp: Hyperparameters) -> torch.nn.Module:
         raise TrainingError(
             "invalid_hyperparameters", f"LoRA set-up failed for target_modules={hp.target_modules}: {e}"
         ) from e
+
+
+def _load_parent(model: torch.nn.Module, weights: Path) -> None:
+    """Start from a saved adapter's LoRA weights and head (`init_from`); every weight must find its place."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(model, load_file(weights))
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    missing = [k for k in getattr(result, "missing_keys", []) if "lora_" in k or "modules_to_save" in k]
+    if unexpected or missing:
+        raise TrainingError(
+            "init_from_mismatch",
+            f"init_from: the saved adapter does not fit this job's LoRA layers (unexpected {unexpected[:3]}, "
+            f"missing {missing[:3]})",
+        )
 
 
 def _seed(seed: int) -> None:
