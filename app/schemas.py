@@ -248,11 +248,22 @@ class DeletedPublic(BaseModel):
 
 
 class PredictRequest(BaseModel):
+    """One adapter (`adapter`), or several classifiers on the same inputs (`adapters`): exactly one."""
+
     model_config = ConfigDict(extra="forbid")
 
-    adapter: Text = Field(description="`name` (newest version) or `name@vN`")
+    adapter: Text | None = Field(None, description="`name` (newest version) or `name@vN`")
+    adapters: list[Text] | None = Field(
+        None, min_length=1, description="several adapters: each input answered by every one, in one mixed batch"
+    )
     inputs: Text | list[Text]
     text_pairs: list[Text] | None = Field(None, description="second texts, one per input (pair tasks)")
+
+    @model_validator(mode="after")
+    def _one(self) -> PredictRequest:
+        if (self.adapter is None) == (self.adapters is None):
+            raise ValueError("give either adapter or adapters")
+        return self
 
 
 class Prediction(BaseModel):
@@ -264,6 +275,14 @@ class Prediction(BaseModel):
 class PredictResponse(BaseModel):
     adapter: str
     predictions: list[Prediction]
+
+
+class MultiPredictResponse(BaseModel):
+    """The answer to `adapters`: the versions that answered, and per input each adapter's prediction, keyed by
+    the adapter as the request named it."""
+
+    adapters: list[str] = Field(description="the version each requested adapter resolved to, in request order")
+    predictions: list[dict[str, Prediction]]
 
 
 class EvaluateRequest(DataSource):

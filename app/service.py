@@ -252,6 +252,35 @@ class PeftServe:
 
     def submit_predict(self, body: schemas.PredictRequest) -> tuple[AdapterVersion, Future]:
         """Validate and queue a prediction; the caller waits on the future (a thread, or an event loop)."""
+        texts = self._inputs(body)
+        assert body.adapter is not None  # the request model holds exactly one of adapter / adapters
+        return self._queue([body.adapter], texts, body.text_pairs)[0]
+
+    def submit_predict_each(self, body: schemas.PredictRequest) -> list[tuple[AdapterVersion, Future]]:
+        """`adapters`: every adapter's prediction on the same inputs, all queued before any is waited on, so the
+        engine takes them as one mixed batch."""
+        texts = self._inputs(body)
+        names = body.adapters or []
+        if len(set(names)) != len(names):
+            raise ValidationFailed("each adapter once", field="adapters")
+        if len(names) > self.settings.max_loaded_adapters:
+            raise ValidationFailed(
+                f"{len(names)} adapters is over the {self.settings.max_loaded_adapters} this server keeps loaded",
+                field="adapters",
+            )
+        for i, name in enumerate(names):  # every one known before any is queued
+            self.adapters.resolve(name, field=f"adapters[{i}]")
+        return self._queue(names, texts, body.text_pairs)
+
+    def _queue(self, refs: list[str], texts: list[str], pairs: list[str] | None) -> list[tuple[AdapterVersion, Future]]:
+        started = time.perf_counter()
+        queued = self.engine.submit_each(refs, texts, pairs)
+        for _, future in queued:
+            future.add_done_callback(lambda _: self.telemetry.predict_seconds.observe(time.perf_counter() - started))
+        return queued
+
+    def _inputs(self, body: schemas.PredictRequest) -> list[str]:
+        """The request's texts, checked: at least one, within the limits, none empty, one pair each if any."""
         texts = [body.inputs] if isinstance(body.inputs, str) else body.inputs
         if not texts:
             raise ValidationFailed("give at least one input", field="inputs")
@@ -270,14 +299,22 @@ class PeftServe:
                         f"{key}[{i}] has {len(t)} characters, over the limit of {self.settings.max_text_chars}",
                         field=f"{key}[{i}]",
                     )
-        started = time.perf_counter()
-        version, future = self.engine.submit(body.adapter, texts, body.text_pairs)
-        future.add_done_callback(lambda _: self.telemetry.predict_seconds.observe(time.perf_counter() - started))
-        return version, future
+        return texts
 
     @staticmethod
     def predict_response(version: AdapterVersion, probs: Any) -> schemas.PredictResponse:
         return schemas.PredictResponse(adapter=version.ref, predictions=to_predictions(version.labels, probs))
+
+    @staticmethod
+    def multi_predict_response(
+        names: list[str], answers: list[tuple[AdapterVersion, Any]]
+    ) -> schemas.MultiPredictResponse:
+        """Per input, each adapter's prediction keyed by the name the request used."""
+        each = [to_predictions(version.labels, probs) for version, probs in answers]
+        return schemas.MultiPredictResponse(
+            adapters=[version.ref for version, _ in answers],
+            predictions=[dict(zip(names, row, strict=True)) for row in zip(*each, strict=True)],
+        )
 
     def evaluate(self, body: schemas.EvaluateRequest) -> schemas.EvaluateResponse:
         version = self.adapters.resolve(body.adapter)

@@ -394,3 +394,28 @@ def test_init_from_continues_an_adapter_and_records_its_parent(client):
     other_rank = {**body, "init_from": "sent", "hyperparameters": {**HP, "lora_r": 4}}
     assert_error(client.post("/jobs", json=other_rank), 422, "hyperparameters.lora_r")
     assert len(client.get("/jobs").json()["data"]) == 2
+
+
+def test_one_input_through_several_classifiers_in_one_batch(client):
+    assert train(client, "sent", toy_sentiment(120))["status"] == "succeeded"
+    assert train(client, "topic", toy_topic(120))["status"] == "succeeded"
+    texts = ["good film and a great cast", "goal match team", "awful plot"]
+    svc = client.app.state.service
+    batches_before = svc.engine.stats["batches"]
+    r = client.post("/predict", json={"adapters": ["topic", "sent@v1"], "inputs": texts})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["adapters"] == ["topic@v1", "sent@v1"] and len(body["predictions"]) == 3
+    assert svc.engine.stats["batches"] - batches_before == 1  # both adapters' rows in one forward batch
+    for name in ("topic", "sent@v1"):
+        alone = client.post("/predict", json={"adapter": name, "inputs": texts}).json()["predictions"]
+        for row, single in zip(body["predictions"], alone, strict=True):
+            assert row[name]["label"] == single["label"]
+            assert row[name]["scores"] == pytest.approx(single["scores"], abs=1e-5)
+
+    assert_error(client.post("/predict", json={"inputs": "x"}), 422)
+    assert_error(client.post("/predict", json={"adapter": "sent", "adapters": ["topic"], "inputs": "x"}), 422)
+    assert_error(client.post("/predict", json={"adapters": [], "inputs": "x"}), 422, "adapters")
+    assert_error(client.post("/predict", json={"adapters": ["sent", "sent"], "inputs": "x"}), 422, "adapters")
+    assert_error(client.post("/predict", json={"adapters": ["sent", "nope"], "inputs": "x"}), 404, "adapters[1]")
+    assert_error(client.post("/predict", json={"adapters": ["sent"], "inputs": [""]}), 422, "inputs[0]")

@@ -85,30 +85,41 @@ class InferenceEngine:
         self, ref: str, texts: list[str], text_pairs: list[str | None] | None = None
     ) -> tuple[AdapterVersion, Future]:
         """Queue texts for the batch thread; the future gives their probabilities [n, n_labels]."""
+        return self.submit_each([ref], texts, text_pairs)[0]
+
+    def submit_each(
+        self, refs: list[str], texts: list[str], text_pairs: list[str | None] | None = None
+    ) -> list[tuple[AdapterVersion, Future]]:
+        """The same texts for each adapter in `refs`, all queued at once (the batch thread waits for a caller
+        on its way in, so they go in one mixed batch where they fit); a future per adapter."""
         if not texts:
-            version, done = self.adapters.resolve(ref), Future()
-            done.set_result(torch.empty(0, len(version.labels)))
-            return version, done
+            out = []
+            for ref in refs:
+                version, done = self.adapters.resolve(ref), Future()
+                done.set_result(torch.empty(0, len(version.labels)))
+                out.append((version, done))
+            return out
         with self._arriving_lock:
             self._arriving += 1
         try:
-            version = self.adapters.resolve(ref)
             pairs = [p or "" for p in text_pairs] if text_pairs and any(text_pairs) else None
             # Long requests go in length-sorted slices, so each forward pads little and other callers interleave.
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(pairs[i]) if pairs else 0))
             slices = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            versions = [self.adapters.resolve(ref) for ref in refs]
             requests = [
-                _Request(version, [texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None) for idx in slices
+                [_Request(v, [texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None) for idx in slices]
+                for v in versions
             ]
             self._start()
-            for r in requests:
+            for r in (r for per_adapter in requests for r in per_adapter):
                 self._queue.put(r)
         finally:
             with self._arriving_lock:
                 self._arriving -= 1
-        if len(requests) == 1 and slices[0] == list(range(len(texts))):
-            return version, requests[0].future
-        return version, _gather(requests, slices, len(texts), len(version.labels))
+        if len(slices) == 1 and slices[0] == list(range(len(texts))):
+            return [(v, rs[0].future) for v, rs in zip(versions, requests, strict=True)]
+        return [(v, _gather(rs, slices, len(texts), len(v.labels))) for v, rs in zip(versions, requests, strict=True)]
 
     def preload(self, refs: list[str]) -> None:
         for ref in refs:

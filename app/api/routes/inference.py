@@ -4,14 +4,19 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServiceDep
-from app.schemas import EvaluateRequest, EvaluateResponse, PredictRequest, PredictResponse
+from app.schemas import EvaluateRequest, EvaluateResponse, MultiPredictResponse, PredictRequest, PredictResponse
 
 router = APIRouter(tags=["inference"])
 
 
 @router.post("/predict")
-async def predict(*, svc: ServiceDep, body: PredictRequest) -> PredictResponse:
-    """Classify one text or a list with an adapter (`name` = newest version, `name@vN` pinned)."""
+async def predict(*, svc: ServiceDep, body: PredictRequest) -> PredictResponse | MultiPredictResponse:
+    """Classify one text or a list with an adapter (`name` = newest version, `name@vN` pinned), or with several
+    (`adapters`: every input answered by each, in one mixed batch)."""
+    if body.adapters is not None:
+        queued = svc.submit_predict_each(body)
+        answers = [(version, await asyncio.wrap_future(future)) for version, future in queued]
+        return svc.multi_predict_response(body.adapters, answers)
     version, future = svc.submit_predict(body)  # validation and queueing only: cheap, no thread hop
     return svc.predict_response(version, await asyncio.wrap_future(future))
 
