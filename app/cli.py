@@ -64,6 +64,32 @@ def worker(
     Worker(get_settings(), parent_pid=parent_pid).run(burst=burst)
 
 
+@app.command("export-merged")
+def export_merged(
+    adapter: str = typer.Argument(..., help="`name` (newest version) or `name@vN`, in this server's adapter store"),
+    dest: str = typer.Argument(..., help="folder to create: a standalone transformers model"),
+) -> None:
+    """The way out: merge an adapter into its base and save a standalone transformers model folder (LoRA
+    merged, the task head in place, labels in config.json) that AutoModelForSequenceClassification loads."""
+    from pathlib import Path
+
+    from app.base_models.merge import export_merged as merge
+    from app.config import get_settings
+    from app.errors import PeftServeError
+    from app.resources import SharedResources
+
+    resources = SharedResources.open(get_settings())
+    try:
+        version = resources.adapters.resolve(adapter)
+        folder = merge(version, resources.registry.resolve(version.meta["base_model"]), Path(dest))
+    except (PeftServeError, FileExistsError) as e:
+        typer.echo(f"peftserve: {getattr(e, 'message', e)}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        resources.close()
+    typer.echo(f"{version.ref} merged into {version.meta['base_model']}: {folder}")
+
+
 # ---- client commands: they talk to a running server over HTTP (app/client/api.py) and never import torch ----
 # `--url` / `--api-key` go before the command: `peftserve --url http://host:8000 jobs`.
 

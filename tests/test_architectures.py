@@ -191,3 +191,29 @@ def test_two_architectures_in_one_mixed_batch(trained):
     futures = {arch: engine.submit(versions[arch].ref, TEXTS)[1] for arch in archs}
     for arch in archs:
         assert_same(arch, futures[arch].result(timeout=60), want[arch], "queued mixed requests vs plain peft")
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "roberta", "deberta-v2", "qwen2"])
+def test_exported_merged_model_predicts_what_the_server_predicts(trained, arch, tmp_path):
+    """The way out: `peftserve export-merged` (app.base_models.merge) writes a plain transformers folder — LoRA
+    merged (GPT-2's Conv1D too), the whole head in place, the labels in config.json."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from app.base_models.merge import export_merged
+
+    settings, svc, _, _ = trained
+    version = adapter_of(trained, arch)
+    folder = export_merged(version, svc.registry.resolve(version.meta["base_model"]), tmp_path / "merged")
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    _, served = svc.engine.predict(version.ref, TEXTS)
+    # cut where the server cuts: the adapter's max_length, at most what the model takes
+    cut = svc.engine.cache.base(version.meta["base_model"]).base.max_tokens(
+        version.meta["hyperparameters"]["max_length"]
+    )
+    with torch.no_grad():
+        enc = [tok([t], return_tensors="pt", truncation=True, max_length=cut) for t in TEXTS]
+        got = torch.stack([torch.softmax(model(**e).logits, -1)[0] for e in enc])
+    assert_same(arch, got, served, "merged model vs the server", TEXTS)
