@@ -259,12 +259,6 @@ class PredictRequest(BaseModel):
     inputs: Text | list[Text]
     text_pairs: list[Text] | None = Field(None, description="second texts, one per input (pair tasks)")
 
-    @model_validator(mode="after")
-    def _one(self) -> PredictRequest:
-        if (self.adapter is None) == (self.adapters is None):
-            raise ValueError("give either adapter or adapters")
-        return self
-
 
 class Prediction(BaseModel):
     label: str

@@ -5,11 +5,14 @@ Never imports FastAPI: the routes are thin wrappers over these methods, and test
 
 from __future__ import annotations
 
+import json
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib.metadata import version as pkg_version
 from typing import Any
+
+from safetensors.torch import load as safetensors_load
 
 from app import schemas
 from app.base_models.loading import resolve_dtype
@@ -17,15 +20,20 @@ from app.config import Settings
 from app.errors import NotFound, PayloadTooLarge, ValidationFailed
 from app.inference.engine import InferenceEngine
 from app.inference.evaluation import evaluate, to_predictions
+from app.inference.multilora import UnsupportedAdapter
 from app.jobs.tables import DatasetRow, Job
 from app.resources import SharedResources
-from app.stores.adapters import AdapterVersion, archive, parse_ref, validate_name
+from app.stores.adapters import CONFIG, WEIGHTS, AdapterVersion, parse_ref, validate_name
+from app.stores.archive import labels_of, read_archive, write_archive
 from app.telemetry import Telemetry
 from app.training.config import Hyperparameters
 from app.training.data import Limits, check_split_possible, parse_upload, validate_records
 
 # What an adapter continued with init_from keeps from its parent: its weights must fit the same LoRA layers.
 LORA_STRUCTURE = ("lora_r", "lora_alpha", "target_modules")
+# An imported adapter's hyperparameters, as far as its adapter_config.json tells them (ours: peft's name).
+IMPORTED_HYPERPARAMETERS = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+                            "target_modules": "target_modules"}  # fmt: skip
 
 
 @dataclass
@@ -139,18 +147,22 @@ class PeftServe:
     def _check_target(self, body: schemas.JobCreate) -> None:
         """What a job produces and where: a valid adapter name, a known base, a webhook this server can sign."""
         validate_name(body.adapter, "adapter")
-        if body.base_model not in self.registry.sources:
-            raise ValidationFailed(
-                f"unknown base model {body.base_model!r}; known: {', '.join(self.registry.names())}", field="base_model"
-            )
-        arch = self.registry.architecture(body.base_model)
-        if arch is not None and arch.problem:
-            raise ValidationFailed(
-                f"base model {body.base_model!r} cannot be trained and served here: {arch.problem}", field="base_model"
-            )
+        self._check_base_model(body.base_model)
         if body.webhook_url is not None and not self.settings.webhook_secret:
             raise ValidationFailed(
                 "this server signs webhook calls with PEFTSERVE_WEBHOOK_SECRET, which is not set", field="webhook_url"
+            )
+
+    def _check_base_model(self, name: str) -> None:
+        """A base this server knows, of an architecture it can train and serve (422 naming base_model)."""
+        if name not in self.registry.sources:
+            raise ValidationFailed(
+                f"unknown base model {name!r}; known: {', '.join(self.registry.names())}", field="base_model"
+            )
+        arch = self.registry.architecture(name)
+        if arch is not None and arch.problem:
+            raise ValidationFailed(
+                f"base model {name!r} cannot be trained and served here: {arch.problem}", "base_model"
             )
 
     def _continued(self, body: schemas.JobCreate, train: RequestData) -> tuple[str | None, Hyperparameters]:
@@ -227,9 +239,47 @@ class PeftServe:
             raise NotFound(f"adapter {name!r} has no version v{version}", field="name")
         return schemas.AdapterPublic(name=name, latest=versions[-1].ref, versions=pinned)
 
+    def import_adapter(
+        self, name: str, base_model: str, content: bytes, labels: list[str] | None = None
+    ) -> schemas.AdapterVersionPublic:
+        """A peft LoRA folder for sequence classification trained elsewhere (a .tar.gz), checked against the
+        base it is for and stored as the next version of `name`: safetensors only, every layer's shape, the
+        head's modules and one score per label. A refused upload stores nothing."""
+        validate_name(name, "name")
+        self._check_base_model(base_model)
+        if len(content) > self.settings.max_upload_bytes:
+            raise PayloadTooLarge(f"upload is over the limit of {self.settings.max_upload_bytes} bytes", "file")
+        files = read_archive(content)
+        config = _adapter_config(files[CONFIG])
+        heads, revision = self.engine.base_facts(base_model)
+        meta = {
+            "base_model": base_model,
+            "labels": labels_of(files, labels),
+            "heads": heads,
+            "base_revision": revision,
+            "hyperparameters": {ours: config.get(theirs) for ours, theirs in IMPORTED_HYPERPARAMETERS.items()},
+            "metrics": {},
+            "imported": True,
+        }
+        try:
+            state = safetensors_load(files[WEIGHTS])
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error types on bad bytes
+            raise ValidationFailed(f"adapter_model.safetensors is not a safetensors file ({e})", field="file") from None
+        try:
+            self.engine.check(base_model, state, config, meta)
+        except UnsupportedAdapter as e:
+            raise ValidationFailed(f"this adapter does not fit base {base_model!r}: {e}", field="file") from None
+        staging = self.adapters.staging_dir()
+        try:
+            (staging / CONFIG).write_bytes(files[CONFIG])
+            (staging / WEIGHTS).write_bytes(files[WEIGHTS])
+            return self._version_public(self.adapters.commit(staging, name, meta))
+        finally:
+            self.adapters.discard(staging)
+
     def adapter_archive(self, ref: str) -> tuple[str, bytes]:
         """`name` (newest) or `name@vN` as a gzipped tarball of peft's folder: (file name, bytes)."""
-        return archive(self.adapters.resolve(ref, field="ref"))
+        return write_archive(self.adapters.resolve(ref, field="ref"))
 
     def list_adapters(self) -> schemas.AdaptersPublic:
         data = []
@@ -252,13 +302,16 @@ class PeftServe:
 
     def submit_predict(self, body: schemas.PredictRequest) -> tuple[AdapterVersion, Future]:
         """Validate and queue a prediction; the caller waits on the future (a thread, or an event loop)."""
+        if body.adapter is None:
+            raise ValidationFailed("give the adapter to predict with (or adapters, a list)", field="adapter")
         texts = self._inputs(body)
-        assert body.adapter is not None  # the request model holds exactly one of adapter / adapters
         return self._queue([body.adapter], texts, body.text_pairs)[0]
 
     def submit_predict_each(self, body: schemas.PredictRequest) -> list[tuple[AdapterVersion, Future]]:
         """`adapters`: every adapter's prediction on the same inputs, all queued before any is waited on, so the
         engine takes them as one mixed batch."""
+        if body.adapter is not None:
+            raise ValidationFailed("give adapter or adapters, not both", field="adapters")
         texts = self._inputs(body)
         names = body.adapters or []
         if len(set(names)) != len(names):
@@ -333,6 +386,22 @@ class PeftServe:
         return schemas.EvaluateResponse(
             adapter=version.ref, **evaluate(version.labels, [r["label"] for r in rows], probs)
         )
+
+
+def _adapter_config(data: bytes) -> dict[str, Any]:
+    """An imported adapter_config.json: a LoRA adapter for sequence classification (422 naming `file` if not)."""
+    try:
+        config = json.loads(data)
+    except ValueError as e:
+        raise ValidationFailed(f"adapter_config.json is not JSON ({e})", field="file") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise ValidationFailed("adapter_config.json: only LoRA adapters (peft_type LORA) are served", field="file")
+    if config.get("task_type") not in ("SEQ_CLS", None):
+        raise ValidationFailed(
+            f"adapter_config.json: task_type {config.get('task_type')!r}; sequence classification (SEQ_CLS) only",
+            field="file",
+        )
+    return config
 
 
 def _check_known_labels(validation: RequestData, train_labels: set[str]) -> None:

@@ -413,9 +413,112 @@ def test_one_input_through_several_classifiers_in_one_batch(client):
             assert row[name]["label"] == single["label"]
             assert row[name]["scores"] == pytest.approx(single["scores"], abs=1e-5)
 
-    assert_error(client.post("/predict", json={"inputs": "x"}), 422)
-    assert_error(client.post("/predict", json={"adapter": "sent", "adapters": ["topic"], "inputs": "x"}), 422)
+    assert_error(client.post("/predict", json={"inputs": "x"}), 422, "adapter")
+    assert_error(
+        client.post("/predict", json={"adapter": "sent", "adapters": ["topic"], "inputs": "x"}), 422, "adapters"
+    )
     assert_error(client.post("/predict", json={"adapters": [], "inputs": "x"}), 422, "adapters")
     assert_error(client.post("/predict", json={"adapters": ["sent", "sent"], "inputs": "x"}), 422, "adapters")
     assert_error(client.post("/predict", json={"adapters": ["sent", "nope"], "inputs": "x"}), 404, "adapters[1]")
     assert_error(client.post("/predict", json={"adapters": ["sent"], "inputs": [""]}), 422, "inputs[0]")
+
+
+def _tar(files: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, body in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+    return buf.getvalue()
+
+
+def _import(client, content: bytes, name="imp", base_model="tiny-bert", labels=None):
+    data = {"name": name, "base_model": base_model, **({"labels": labels} if labels is not None else {})}
+    return client.post("/adapters", data=data, files={"file": ("a.tar.gz", content, "application/gzip")})
+
+
+def test_import_an_adapter_trained_elsewhere_with_peft(client, tmp_path):
+    """A folder saved by plain peft (SEQ_CLS, the head as modules_to_save, labels in config.json) serves what
+    plain peft computes."""
+    import torch
+    from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base_path = client.settings.models["tiny-bert"].location
+    labels = ["billing", "tech", "other"]
+    torch.manual_seed(3)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base_path, num_labels=3, id2label=dict(enumerate(labels)), label2id={v: i for i, v in enumerate(labels)}
+    )
+    peft_model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["query", "value"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.5)  # a trained-looking adapter: its LoRA moves the answers
+    peft_model.save_pretrained(tmp_path / "elsewhere")
+    model.config.save_pretrained(tmp_path / "elsewhere")  # config.json with id2label, as Trainer saves
+    files = {f"elsewhere/{p.name}": p.read_bytes() for p in (tmp_path / "elsewhere").iterdir()}
+
+    r = _import(client, _tar(files), name="support")
+    assert r.status_code == 201, r.text
+    assert r.json()["ref"] == "support@v1" and r.json()["labels"] == labels
+
+    texts = ["good film", "goal match team score", "awful"]
+    tok = AutoTokenizer.from_pretrained(base_path)
+    fresh = AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=3)
+    reference = PeftModel.from_pretrained(fresh, str(tmp_path / "elsewhere")).eval()
+    served = client.post("/predict", json={"adapter": "support", "inputs": texts}).json()["predictions"]
+    with torch.no_grad():
+        for t, p in zip(texts, served, strict=True):
+            want = torch.softmax(reference(**tok([t], return_tensors="pt")).logits, -1)[0].tolist()
+            assert [p["scores"][label] for label in labels] == pytest.approx(want, abs=1e-5)
+
+
+def test_import_round_trips_a_download_and_refuses_bad_archives(client):
+    assert train(client, "sent", toy_sentiment(120))["status"] == "succeeded"
+    archive = client.get("/adapters/sent/archive").content
+    r = _import(client, archive, name="copy")
+    assert r.status_code == 201, r.text
+    texts = ["a lovely film", "dull and boring"]
+    a = client.post("/predict", json={"adapter": "sent", "inputs": texts}).json()["predictions"]
+    b = client.post("/predict", json={"adapter": "copy", "inputs": texts}).json()["predictions"]
+    assert [p["scores"] for p in a] == [p["scores"] for p in b]
+
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        good = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    peft_files = {k: good[k] for k in ("adapter_config.json", "adapter_model.safetensors")}
+    dora = json.loads(good["adapter_config.json"]) | {"use_dora": True}
+    refused = {
+        "a link": _tar(peft_files, links={"x/peftserve.json": "/etc/passwd"}),
+        "dot-dot": _tar({**peft_files, "../evil.json": b"{}"}),
+        "absolute": _tar({**peft_files, "/tmp/evil.json": b"{}"}),
+        "a pickle": _tar({**peft_files, "pytorch_model.bin": b"\x80\x04."}),
+        "no weights": _tar({"adapter_config.json": good["adapter_config.json"]}),
+        "not a tarball": b"PK\x03\x04 not a tar",
+        "DoRA": _tar({**peft_files, "adapter_config.json": json.dumps(dora).encode()}),
+        "not safetensors": _tar({**peft_files, "adapter_model.safetensors": b"\x00" * 64}),
+        "two folders": _tar({f"a/{k}": v for k, v in peft_files.items()} | {"b/peftserve.json": b"{}"}),
+    }
+    for case, content in refused.items():
+        r = _import(client, content, labels="neg,pos")
+        assert r.status_code == 422 and r.json()["error"]["field"] == "file", (case, r.text)
+    # labels: none to be found, or not one per head output
+    assert_error(_import(client, _tar(peft_files)), 422, "labels")
+    assert_error(_import(client, _tar(peft_files), labels="a,b,c"), 422, "file")
+    assert_error(_import(client, _tar(peft_files), labels='["a", "a"]'), 422, "labels")
+    # the base: unknown, or one whose layers it does not fit
+    assert_error(_import(client, archive, base_model="nope"), 422, "base_model")
+    assert_error(_import(client, archive, base_model="tiny-llama"), 422, "file")
+    assert_error(_import(client, archive, name="../x"), 422, "name")
+    assert [a["name"] for a in client.get("/adapters").json()["data"]] == ["copy", "sent"]  # nothing else stored

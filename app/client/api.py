@@ -336,6 +336,18 @@ class PeftServeClient:
         except httpx.HTTPError as e:
             raise PeftServeConnectionError(f"cannot reach {self.base_url}: {e or type(e).__name__}") from e
 
+    def import_adapter(
+        self, name: str, base_model: str, archive: str | os.PathLike, labels: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """Upload a .tar.gz of a peft LoRA folder (sequence classification) as the next version of `name`;
+        returns the stored version (`ref`, `labels`, …)."""
+        path = Path(archive)
+        data: dict[str, str] = {"name": name, "base_model": base_model}
+        if labels is not None:
+            data["labels"] = json.dumps(list(labels))
+        with path.open("rb") as f:
+            return self._request("POST", "/adapters", data=data, files={"file": (path.name, f, "application/gzip")})
+
     def delete_adapter(self, ref: str) -> list[str]:
         """Delete `name@vN`, or every version of `name`; returns the refs deleted."""
         return self._request("DELETE", f"/adapters/{ref}")["deleted"]

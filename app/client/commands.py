@@ -258,7 +258,7 @@ def cancel(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB"))
     _console().print(f"{job['id']} {_status(job['status'])}{note}")
 
 
-adapter_commands = typer.Typer(help="List adapters (no subcommand), or download one.")
+adapter_commands = typer.Typer(help="List adapters (no subcommand), download or import one.")
 commands.add_typer(adapter_commands, name="adapters")
 
 
@@ -281,6 +281,23 @@ def download(
     with _client(ctx) as client:
         path = client.download_adapter(ref, output)
     _console().print(f"{ref} -> {path} ({path.stat().st_size:,} bytes)")
+
+
+@adapter_commands.command("import")
+def import_(
+    ctx: typer.Context,
+    archive: Path = typer.Argument(..., exists=True, dir_okay=False, help="a .tar.gz of a peft LoRA folder"),
+    name: str = typer.Option(..., "--name", "-n", help="adapter name (a new version if it exists)"),
+    base_model: str = typer.Option(..., "--base-model", "-m", help="the base it was trained on (server's name)"),
+    labels: str | None = typer.Option(
+        None, help="label names in the head's order, comma-separated [default: from the archive]"
+    ),
+) -> None:
+    """Import an adapter trained elsewhere with peft (or downloaded from a peftserve server)."""
+    names = [x.strip() for x in labels.split(",")] if labels else None
+    with _client(ctx) as client:
+        version = client.import_adapter(name, base_model, archive, names)
+    _console().print(f"imported {archive.name} as {version['ref']} on {version['base_model']}: {version['labels']}")
 
 
 def _list_adapters(ctx: typer.Context) -> None:

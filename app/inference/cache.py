@@ -20,7 +20,7 @@ from safetensors.torch import load as safetensors_load
 from app.base_models.loading import LoadedBase, load_base
 from app.base_models.registry import ModelRegistry
 from app.errors import AdapterUnloadable, NotFound
-from app.inference.multilora import PREFIX, SlotBank, UnsupportedAdapter, parse_lora
+from app.inference.multilora import PREFIX, LoraWeights, SlotBank, UnsupportedAdapter, parse_lora
 from app.stores.adapters import AdapterStore, AdapterVersion
 
 log = logging.getLogger(__name__)
@@ -105,12 +105,9 @@ class AdapterCache:
         except FileNotFoundError:  # deleted meanwhile, or a store holding no safetensors weights
             raise NotFound(f"no adapter {version.ref} (no safetensors weights)", field="adapter") from None
         base = self.base(meta["base_model"])
-        head, rest = _split_head(state, meta)
         try:
-            _check_base(meta, base.base)
-            _check_labels(head, meta["labels"], base.bank.logits)
-            lora = parse_lora(rest, config)
-        except (UnsupportedAdapter, KeyError, ValueError) as e:
+            lora, head = self.parse(base, state, config, meta)
+        except UnsupportedAdapter as e:
             raise AdapterUnloadable(f"adapter {version.ref} cannot be served: {e}") from e
         nbytes = lora.nbytes(base.bank.dtype) + sum(v.numel() * 4 for v in head.values())  # heads stay fp32
         self.make_room(nbytes, pinned)
@@ -120,6 +117,24 @@ class AdapterCache:
             raise AdapterUnloadable(f"adapter {version.ref} does not fit base {meta['base_model']}: {e}") from e
         log.info("loaded adapter %s (%d bytes) into slot %d", version.ref, nbytes, slot)
         return Resident(version, slot, nbytes)
+
+    @staticmethod
+    def parse(
+        base: ResidentBase, state: dict[str, torch.Tensor], config: dict, meta: dict
+    ) -> tuple[LoraWeights, dict[str, torch.Tensor]]:
+        """An adapter's LoRA pairs and head weights, checked against the base they are for (its head modules,
+        revision, label count, every layer's shape); anything else is UnsupportedAdapter, saying what."""
+        head, rest = _split_head(state, meta)
+        try:
+            _check_base(meta, base.base)
+            _check_labels(head, meta["labels"], base.bank.logits)
+            lora = parse_lora(rest, config)
+        except UnsupportedAdapter:
+            raise
+        except (KeyError, ValueError) as e:  # a config or metadata value missing or of the wrong kind
+            raise UnsupportedAdapter(f"{type(e).__name__}: {e}") from e
+        base.bank.check(lora, head)
+        return lora, head
 
     def evict(self, ref: str) -> None:
         res = self.resident.pop(ref)

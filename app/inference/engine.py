@@ -129,6 +129,18 @@ class InferenceEngine:
             except PeftServeError as e:
                 log.warning("preload of %s failed: %s", ref, e.message)
 
+    def base_facts(self, base_model: str) -> tuple[list[str], str | None]:
+        """The base's head modules and hub revision (loading the base if it is not resident yet)."""
+        with self._lock:
+            base = self.cache.base(base_model).base
+            return list(base.heads), base.revision
+
+    def check(self, base_model: str, state: dict[str, torch.Tensor], config: dict, meta: dict) -> None:
+        """Whether an adapter (weights, peft config, peftserve metadata) can be served on `base_model`, without
+        loading it: UnsupportedAdapter saying why (loads the base if it is not resident yet)."""
+        with self._lock:
+            self.cache.parse(self.cache.base(base_model), state, config, meta)
+
     def loaded(self) -> list[dict]:
         with self._lock:
             return self.cache.loaded()

@@ -189,7 +189,7 @@ class SlotBank:
     def add(self, lora: LoraWeights, head: dict[str, torch.Tensor] | None = None) -> int:
         """Copy an adapter (its LoRA pairs, and its head's weights by name, e.g. `classifier.dense.weight`)
         into a free slot; returns the slot. Every shape is checked before anything is touched."""
-        head_parts = self._check(lora, head or {})
+        head_parts = self.check(lora, head or {})
         if not self.free:
             if self.capacity >= self.max_slots:
                 raise RuntimeError("no free slot")  # the engine evicts before it adds
@@ -210,7 +210,7 @@ class SlotBank:
             self.heads[path].put(slot, part)
         return slot
 
-    def _check(self, lora: LoraWeights, head: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+    def check(self, lora: LoraWeights, head: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
         """LoRA pairs that fit their layers, and a head whose weights are exactly the head's slot layers';
         returns the head's weights by layer."""
         for path, (a, b) in lora.pairs.items():

@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import json
 import os
 import re
 import shutil
-import tarfile
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -81,51 +79,6 @@ class AdapterVersion:
     @property
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
-
-
-ARCHIVE_README = """\
-# {ref}: a LoRA adapter for sequence classification on {base}, trained by peftserve
-
-adapter_config.json and adapter_model.safetensors are peft's own files (the LoRA weights and, as
-modules_to_save, the task head {heads}); peftserve.json holds the labels in head order, the hyperparameters
-and the validation metrics. To load it with transformers + peft on the same base model:
-
-    import json
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    labels = json.load(open("{folder}/peftserve.json"))["labels"]
-    base = AutoModelForSequenceClassification.from_pretrained(
-        BASE, num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={{l: i for i, l in enumerate(labels)}}
-    )
-    tokenizer = AutoTokenizer.from_pretrained(BASE)
-    if tokenizer.pad_token is None:  # decoder bases (GPT-2, Llama, ...) ship without one
-        tokenizer.pad_token = tokenizer.eos_token
-    base.config.pad_token_id = tokenizer.pad_token_id
-    model = PeftModel.from_pretrained(base, "{folder}").eval()
-"""
-
-
-def archive(version: AdapterVersion) -> tuple[str, bytes]:
-    """The version as a gzipped tarball of one folder `<name>-v<N>/`: peft's two files, peftserve.json and a
-    README on loading it with peft. Returns (file name, bytes). Only those files; owner and times fixed."""
-    folder = f"{version.name}-v{version.version}"
-    readme = ARCHIVE_README.format(
-        ref=version.ref,
-        base=version.meta.get("base_model"),
-        heads=", ".join(version.meta.get("heads") or [version.meta.get("head", "?")]),
-        folder=folder,
-    ).encode()
-    files = {name: (version.path / name).read_bytes() for name in (CONFIG, WEIGHTS, METADATA)}
-    files["README.md"] = readme
-    mtime = version.path.joinpath(METADATA).stat().st_mtime
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, body in files.items():
-            info = tarfile.TarInfo(f"{folder}/{name}")
-            info.size, info.mtime, info.mode = len(body), int(mtime), 0o644
-            tar.addfile(info, io.BytesIO(body))
-    return f"{folder}.tar.gz", buf.getvalue()
 
 
 def sha256_file(path: Path) -> str:

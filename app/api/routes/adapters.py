@@ -1,7 +1,12 @@
-from fastapi import APIRouter, Response
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Response, UploadFile
+from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServiceDep
-from app.schemas import AdapterPublic, AdaptersPublic, DeletedPublic, LoadedAdapter
+from app.errors import ValidationFailed
+from app.schemas import AdapterPublic, AdaptersPublic, AdapterVersionPublic, DeletedPublic, LoadedAdapter
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
 
@@ -10,6 +15,44 @@ router = APIRouter(prefix="/adapters", tags=["adapters"])
 def list_adapters(*, svc: ServiceDep) -> AdaptersPublic:
     """Every adapter with its versions, and which are resident in the engine."""
     return svc.list_adapters()
+
+
+@router.post("", status_code=201)
+async def import_adapter(
+    *,
+    svc: ServiceDep,
+    name: Annotated[str, Form(description="adapter name: a new version if it exists")],
+    base_model: Annotated[str, Form(description="the base it was trained on, as this server names it")],
+    file: Annotated[UploadFile, Form(description="a .tar.gz of a peft LoRA folder for sequence classification")],
+    labels: Annotated[
+        str | None, Form(description='label names in the head\'s order, a JSON list (["neg", "pos"]) or a,b,c')
+    ] = None,
+) -> AdapterVersionPublic:
+    """Import an adapter trained elsewhere with peft (adapter_config.json + adapter_model.safetensors with the
+    head as modules_to_save; labels from `labels`, peftserve.json or config.json's id2label): checked against
+    the base, stored as the next version of `name` and served like the others."""
+    content = await file.read(svc.settings.max_upload_bytes + 1)  # one byte over is enough to refuse
+    names = _labels(labels)
+    return await run_in_threadpool(svc.import_adapter, name, base_model, content, names)
+
+
+def _labels(value: str | None) -> list[str] | None:
+    """The `labels` form field: a JSON list of strings, or comma-separated names."""
+    if value is None or not value.strip():
+        return None
+    if value.lstrip().startswith("["):
+        try:
+            parsed = json.loads(value)
+        except ValueError as e:
+            raise ValidationFailed(f"labels is not a JSON list ({e})", field="labels") from None
+        if not isinstance(parsed, list) or not all(isinstance(x, str) and x.strip() for x in parsed):
+            raise ValidationFailed("labels: a JSON list of non-empty strings", field="labels")
+        names = [x.strip() for x in parsed]
+    else:
+        names = [x.strip() for x in value.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise ValidationFailed("labels: distinct, non-empty names", field="labels")
+    return names
 
 
 @router.get("/loaded")
