@@ -82,7 +82,7 @@ def export_merged(
     try:
         version = resources.adapters.resolve(adapter)
         folder = merge(version, resources.registry.resolve(version.meta["base_model"]), Path(dest))
-    except (PeftServeError, FileExistsError) as e:
+    except (PeftServeError, FileExistsError, ValueError) as e:
         typer.echo(f"peftserve: {getattr(e, 'message', e)}", err=True)
         raise typer.Exit(1) from None
     finally:

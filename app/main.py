@@ -59,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.keys = keys
     errors.install(app)
-    app.add_middleware(errors.UploadLimit, path="/datasets", max_bytes=settings.max_upload_bytes)
+    uploads = ("/datasets", "/adapters")  # multipart bodies: refused by Content-Length before they are spooled
+    app.add_middleware(errors.UploadLimit, paths=uploads, max_bytes=settings.max_upload_bytes)
     app.include_router(health.router)  # open: liveness for load balancers
     ui.install(app)  # open: the static dashboard at /ui/ (it sends the user's key on each API call)
     for module in (datasets, jobs, adapters):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib.metadata import version as pkg_version
 from typing import Any
 
+from pydantic import ValidationError as PydanticValidationError
 from safetensors.torch import load as safetensors_load
 
 from app import schemas
@@ -31,6 +32,7 @@ from app.training.data import Limits, check_split_possible, parse_upload, valida
 
 # What an adapter continued with init_from keeps from its parent: its weights must fit the same LoRA layers.
 LORA_STRUCTURE = ("lora_r", "lora_alpha", "target_modules")
+MAX_IMPORTED_RANK = 256  # as for trained adapters: every slot of a base's bank grows to the largest rank
 # An imported adapter's hyperparameters, as far as its adapter_config.json tells them (ours: peft's name).
 IMPORTED_HYPERPARAMETERS = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
                             "target_modules": "target_modules"}  # fmt: skip
@@ -187,13 +189,21 @@ class PeftServe:
                 f"{parent.ref} has labels {sorted(parent.labels)}; the training data has {sorted(train.labels)}",
                 field="init_from",
             )
-        inherited = {k: parent.meta["hyperparameters"][k] for k in LORA_STRUCTURE}
+        peft_config = json.loads((parent.path / CONFIG).read_text())
+        variant = next((k for k in ("use_rslora", "use_dora") if peft_config.get(k)), None)
+        if variant:
+            raise ValidationFailed(f"{parent.ref} is a {variant} adapter: it can't be continued here", "init_from")
+        inherited = {k: parent.meta["hyperparameters"].get(k) for k in LORA_STRUCTURE}
         for key, value in inherited.items():
             if key in hp.model_fields_set and getattr(hp, key) != value:
                 raise ValidationFailed(
                     f"{key} must be {value!r}, as in {parent.ref} (init_from)", field=f"hyperparameters.{key}"
                 )
-        return parent.ref, hp.model_copy(update=inherited)
+        try:  # an imported parent's structure may lie outside what this server trains
+            return parent.ref, Hyperparameters(**{**hp.model_dump(), **inherited})
+        except PydanticValidationError as e:
+            problem = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+            raise ValidationFailed(f"{parent.ref} can't be continued here ({problem})", field="init_from") from None
 
     def job_metrics(self, job_id: str) -> schemas.JobMetrics:
         job = self.store.get_job(job_id)
@@ -249,7 +259,7 @@ class PeftServe:
         self._check_base_model(base_model)
         if len(content) > self.settings.max_upload_bytes:
             raise PayloadTooLarge(f"upload is over the limit of {self.settings.max_upload_bytes} bytes", "file")
-        files = read_archive(content)
+        files = read_archive(content, self.settings.max_upload_bytes)
         config = _adapter_config(files[CONFIG])
         heads, revision = self.engine.base_facts(base_model)
         meta = {
@@ -396,6 +406,9 @@ def _adapter_config(data: bytes) -> dict[str, Any]:
         raise ValidationFailed(f"adapter_config.json is not JSON ({e})", field="file") from None
     if not isinstance(config, dict) or config.get("peft_type") != "LORA":
         raise ValidationFailed("adapter_config.json: only LoRA adapters (peft_type LORA) are served", field="file")
+    r = config.get("r")
+    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= MAX_IMPORTED_RANK:
+        raise ValidationFailed(f"adapter_config.json: r must be an integer from 1 to {MAX_IMPORTED_RANK}", "file")
     if config.get("task_type") not in ("SEQ_CLS", None):
         raise ValidationFailed(
             f"adapter_config.json: task_type {config.get('task_type')!r}; sequence classification (SEQ_CLS) only",

@@ -6,6 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.base_models.tiny import toy_sentiment, toy_topic
+from app.errors import ValidationFailed
 from app.jobs.worker import Worker
 from app.main import create_app
 from tests.support import ADMIN_HEADERS
@@ -522,3 +523,63 @@ def test_import_round_trips_a_download_and_refuses_bad_archives(client):
     assert_error(_import(client, archive, base_model="tiny-llama"), 422, "file")
     assert_error(_import(client, archive, name="../x"), 422, "name")
     assert [a["name"] for a in client.get("/adapters").json()["data"]] == ["copy", "sent"]  # nothing else stored
+
+
+def test_import_refuses_archives_that_would_unpack_into_too_much(client):
+    """Bounded reading: gzip only, at most 64 entries, file contents within the upload limit (checked from the
+    headers, before a byte is read)."""
+    import io
+    import tarfile
+
+    from app.stores.archive import read_archive
+
+    def tar_of(mode: str, files: dict[str, int]) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode=mode) as tar:
+            for name, size in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = size
+                tar.addfile(info, io.BytesIO(b"\0" * size))
+        return buf.getvalue()
+
+    bz2 = tar_of("w:bz2", {"adapter_config.json": 10, "adapter_model.safetensors": 10})
+    many = tar_of("w:gz", {f"f{i}.txt": 1 for i in range(65)})
+    big = tar_of("w:gz", {"adapter_config.json": 10, "adapter_model.safetensors": 2_000_000})
+    for content in (bz2, many, big):
+        with pytest.raises(ValidationFailed) as e:
+            read_archive(content, max_bytes=1_000_000)
+        assert e.value.field == "file"
+    assert len(big) < 10_000  # a few kB that would have unpacked to 2 MB
+    r = client.post(
+        "/adapters",
+        data={"name": "x", "base_model": "tiny-bert"},
+        files={"file": ("a.tar.gz", b"\0" * (client.settings.max_upload_bytes + 2_000_000), "application/gzip")},
+    )
+    assert_error(r, 413, "file")
+
+
+def test_import_checks_labels_and_what_init_from_may_continue(client):
+    import io
+    import tarfile
+
+    assert train(client, "sent", toy_sentiment(120))["status"] == "succeeded"
+    with tarfile.open(fileobj=io.BytesIO(client.get("/adapters/sent/archive").content)) as tar:
+        good = {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    peft_files = {k: good[k] for k in ("adapter_config.json", "adapter_model.safetensors")}
+    for labels in (2, True, "ab", ["x", "x"], ["", "y"]):
+        meta = json.dumps({"labels": labels}).encode()
+        assert_error(_import(client, _tar({**peft_files, "peftserve.json": meta})), 422, "file")
+    assert_error(_import(client, _tar(peft_files), labels="a, a"), 422, "labels")
+
+    # a parent whose LoRA structure this server does not train (a regex target_modules), or rsLoRA: refused
+    # at POST /jobs naming init_from, not accepted and failed later
+    config = json.loads(good["adapter_config.json"])
+    regex = {**peft_files, "adapter_config.json": json.dumps({**config, "target_modules": "query|value"}).encode()}
+    assert _import(client, _tar(regex), name="regex", labels="neg,pos").status_code == 201
+    rs = {**peft_files, "adapter_config.json": json.dumps({**config, "use_rslora": True}).encode()}
+    assert _import(client, _tar(rs), name="rs", labels="neg,pos").status_code == 201
+    body = {"adapter": "next", "base_model": "tiny-bert", "train": {"records": toy_sentiment(40)}}
+    for parent in ("regex", "rs"):
+        assert_error(client.post("/jobs", json={**body, "init_from": parent}), 422, "init_from")
+    big_rank = {**peft_files, "adapter_config.json": json.dumps({**config, "r": 300}).encode()}
+    assert_error(_import(client, _tar(big_rank), name="big", labels="neg,pos"), 422, "file")

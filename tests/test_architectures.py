@@ -217,3 +217,22 @@ def test_exported_merged_model_predicts_what_the_server_predicts(trained, arch, 
         enc = [tok([t], return_tensors="pt", truncation=True, max_length=cut) for t in TEXTS]
         got = torch.stack([torch.softmax(model(**e).logits, -1)[0] for e in enc])
     assert_same(arch, got, served, "merged model vs the server", TEXTS)
+
+
+def test_a_head_module_the_checkpoint_holds_starts_from_it(arch_models):
+    """ModernBERT's MLM checkpoint holds `head` (dense + norm): a job starts from those weights, and only the
+    logits layer is new; BERT's checkpoint holds no head module."""
+    from safetensors.torch import load_file
+
+    from app.base_models.loading import load_base, new_head
+    from app.base_models.registry import ResolvedModel
+
+    folder = arch_models[base_name("modernbert")]
+    base = load_base(ResolvedModel("m", str(folder)), "none", "cpu")
+    assert set(base.pretrained_heads) == {"head"}
+    new_head(base, ["a", "b", "c"], seed=5)
+    saved = load_file(folder / "model.safetensors")
+    assert torch.equal(base.model.head.dense.weight, saved["head.dense.weight"])
+    assert base.model.classifier.out_features == 3
+    bert = load_base(ResolvedModel("b", str(arch_models[base_name("bert")])), "none", "cpu")
+    assert bert.pretrained_heads == {}

@@ -86,12 +86,12 @@ class UploadLimit:
     """ASGI middleware: an upload whose Content-Length is over the limit gets its 413 before the body is read
     (Starlette spools a multipart body to disk before the route runs). The route still checks the bytes."""
 
-    def __init__(self, app: Any, path: str, max_bytes: int, slack: int = 1 << 20):
-        self.app, self.path, self.max_bytes = app, path, max_bytes
+    def __init__(self, app: Any, paths: tuple[str, ...], max_bytes: int, slack: int = 1 << 20):
+        self.app, self.paths, self.max_bytes = app, paths, max_bytes
         self.limit = max_bytes + slack  # slack: the multipart framing around the file
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] == self.path:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
             length = dict(scope["headers"]).get(b"content-length", b"")
             if length.isdigit() and int(length) > self.limit:
                 response = envelope(

@@ -4,9 +4,10 @@ and whether the service can train and serve an architecture at all.
 The head is every top-level module of the model outside its backbone (`model.base_model_prefix`) that holds
 weights: BERT's and ALBERT's `classifier`; RoBERTa's, XLM-RoBERTa's and ELECTRA's `classifier` (dense +
 out_proj); DistilBERT's `pre_classifier` + `classifier`; DeBERTa-v2's `pooler` + `classifier`; ModernBERT's
-`head` + `classifier`; GPT-2's, Llama's, Qwen2's … `score`. transformers initialises all of it newly when a
-base checkpoint loads, so all of it trains with the adapter (peft's `modules_to_save`), is saved with it and
-is loaded with it; the shared base keeps no per-task weights.
+`head` + `classifier`; GPT-2's, Llama's, Qwen2's … `score`. All of it trains with the adapter (peft's
+`modules_to_save`), is saved with it and is loaded with it; the shared base keeps no per-task weights. A job
+starts each head module from the checkpoint where the checkpoint has it (ModernBERT's `head` is in its MLM
+checkpoint), else newly initialised (the logits layer always).
 """
 
 from __future__ import annotations
@@ -79,9 +80,22 @@ def backbone_linears(model: nn.Module, heads: tuple[str, ...] | list[str]) -> li
     ]
 
 
-def fresh_heads(model: Any, heads: list[str], labels: list[str], seed: int) -> None:
-    """Put a newly initialised head for `labels` in place of the model's (fp32, seeded, with the
-    architecture's own initialisation), and give the model's config the label map."""
+def pretrained_heads(model: nn.Module, heads: list[str], missing: set[str]) -> dict[str, nn.Module]:
+    """Fp32 copies of the head modules whose every weight came from the checkpoint (none was missing)."""
+    out = {}
+    for name in heads:
+        keys = [f"{name}.{k}" for k in getattr(model, name).state_dict()]
+        if keys and not missing.intersection(keys):
+            out[name] = copy.deepcopy(getattr(model, name)).float()
+    return out
+
+
+def fresh_heads(
+    model: Any, heads: list[str], labels: list[str], seed: int, pretrained: dict[str, nn.Module] | None = None
+) -> None:
+    """Put a head for `labels` in place of the model's (fp32): a copy of the checkpoint's weights for the
+    modules in `pretrained`, the rest newly initialised (seeded, the architecture's own initialisation); give
+    the model's config the label map."""
     config = model.config  # shared with the backbone's modules: changed in place
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
@@ -92,7 +106,10 @@ def fresh_heads(model: Any, heads: list[str], labels: list[str], seed: int) -> N
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     for name in heads:
-        module = getattr(template, name).to_empty(device=device).float()
-        module.apply(model._init_weights)
+        if pretrained and name in pretrained:
+            module = copy.deepcopy(pretrained[name]).to(device)
+        else:
+            module = getattr(template, name).to_empty(device=device).float()
+            module.apply(model._init_weights)
         setattr(model, name, module)
     model.num_labels = len(labels)  # some models keep their own copy for the loss

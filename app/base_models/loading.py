@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from app.base_models.heads import fresh_heads, inspect_architecture
+from app.base_models.heads import fresh_heads, inspect_architecture, pretrained_heads
 from app.base_models.registry import ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ class LoadedBase:
     quantization: str
     heads: list[str]  # the task head's top-level modules (app/base_models/heads.py)
     revision: str | None = None  # the hub commit the weights came from (None for a local folder)
+    # head modules the checkpoint holds weights for (ModernBERT's `head` from its MLM checkpoint): each job
+    # starts from a copy of these; every other head module starts fresh
+    pretrained_heads: dict[str, Any] = field(default_factory=dict)
 
     def max_tokens(self, wanted: int) -> int:
         """`wanted` capped at what the model takes: its position embeddings (RoBERTa-style embeddings number
@@ -120,14 +123,15 @@ def load_base(
     }
     if qcfg is not None:
         kwargs.update(quantization_config=qcfg, device_map={"": device})
-    model = AutoModelForSequenceClassification.from_pretrained(resolved.path, **kwargs)
+    model, info = AutoModelForSequenceClassification.from_pretrained(resolved.path, output_loading_info=True, **kwargs)
     if qcfg is None:
         model.to(device)
     model.config.pad_token_id = tok.pad_token_id
     revision = getattr(model.config, "_commit_hash", None)
-    return LoadedBase(resolved.name, model, tok, device, quantization, list(arch.heads), revision)
+    pretrained = pretrained_heads(model, list(arch.heads), set(info.get("missing_keys", ())))
+    return LoadedBase(resolved.name, model, tok, device, quantization, list(arch.heads), revision, pretrained)
 
 
 def new_head(base: LoadedBase, labels: list[str], seed: int) -> None:
     """A freshly initialised head for this job's label set, put in place of the base's head."""
-    fresh_heads(base.model, base.heads, labels, seed)
+    fresh_heads(base.model, base.heads, labels, seed, base.pretrained_heads)

@@ -35,6 +35,9 @@ def export_merged(version: AdapterVersion, base: ResolvedModel, dest: Path) -> P
         label2id={label: i for i, label in enumerate(labels)},
         dtype=torch.float32,
     )
+    trained_on, here = version.meta.get("base_revision"), getattr(model.config, "_commit_hash", None)
+    if trained_on and here and trained_on != here:
+        raise ValueError(f"{version.ref} was trained on revision {trained_on} of its base; the registry has {here}")
     model.config.pad_token_id = tokenizer.pad_token_id
     merged = PeftModel.from_pretrained(model, str(version.path)).merge_and_unload()
     tmp = dest.with_name(f".{dest.name}.partial")

@@ -46,10 +46,13 @@ class SlotLinear(nn.Module):
         return y.reshape(*x.shape[:-1], w.shape[1])
 
     def check(self, state: dict[str, torch.Tensor]) -> str | None:
-        w = state.get("weight")
-        if w is None or w.dim() != 2 or w.shape[1] != self.in_features:
+        wanted = {"weight", "bias"} if self.has_bias else {"weight"}
+        if set(state) != wanted:
+            return f"{sorted(wanted)} expected, not {sorted(state)}"
+        w = state["weight"]
+        if w.dim() != 2 or w.shape[1] != self.in_features:
             return f"weight of shape [out, {self.in_features}] expected"
-        if self.has_bias != ("bias" in state) or (self.has_bias and state["bias"].shape != (w.shape[0],)):
+        if self.has_bias and state["bias"].shape != (w.shape[0],):
             return "bias does not match"
         return None
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import zlib
 from pathlib import PurePosixPath
 from typing import Any
 
-from app.errors import ValidationFailed
+from app.errors import NotFound, ValidationFailed
 from app.stores.adapters import CONFIG, METADATA, WEIGHTS, AdapterVersion
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")  # never read, and refused
 KEPT = (CONFIG, WEIGHTS, METADATA, "config.json")  # what an import reads; other files are ignored
+MAX_MEMBERS = 64  # a peft folder holds a handful of files (a README, a tokenizer at most)
 
 ARCHIVE_README = """\
 # {ref}: a LoRA adapter for sequence classification on {base}, trained by peftserve
@@ -54,7 +56,10 @@ def write_archive(version: AdapterVersion) -> tuple[str, bytes]:
         heads=", ".join(version.meta.get("heads") or [version.meta.get("head", "?")]),
         folder=folder,
     ).encode()
-    files = {name: (version.path / name).read_bytes() for name in (CONFIG, WEIGHTS, METADATA)}
+    try:
+        files = {name: (version.path / name).read_bytes() for name in (CONFIG, WEIGHTS, METADATA)}
+    except FileNotFoundError:  # deleted since it was resolved
+        raise NotFound(f"no adapter {version.ref}", field="ref") from None
     files["README.md"] = readme
     mtime = version.path.joinpath(METADATA).stat().st_mtime
     buf = io.BytesIO()
@@ -66,34 +71,45 @@ def write_archive(version: AdapterVersion) -> tuple[str, bytes]:
     return f"{folder}.tar.gz", buf.getvalue()
 
 
-def read_archive(content: bytes, field: str = "file") -> dict[str, bytes]:
+def read_archive(content: bytes, max_bytes: int, field: str = "file") -> dict[str, bytes]:
     """The files an import reads (adapter_config.json, adapter_model.safetensors, and peftserve.json or
-    config.json where present) from a .tar.gz (or .tar) holding them at its top or in one folder."""
+    config.json where present) from a .tar.gz holding them at its top or in one folder. Bounded: gzip only, at
+    most MAX_MEMBERS entries and `max_bytes` of file contents in all, each checked from its header before
+    a byte of it is read (a small upload cannot unpack into unbounded memory)."""
     try:
-        tar = tarfile.open(fileobj=io.BytesIO(content), mode="r:*")
+        tar = tarfile.open(fileobj=io.BytesIO(content), mode="r:gz")
     except (tarfile.TarError, EOFError, OSError) as e:
         raise ValidationFailed(f"not a .tar.gz of a peft adapter folder ({e})", field=field) from None
+    try:
+        with tar:
+            return _read_members(tar, max_bytes, field)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ValidationFailed(f"a broken archive ({e})", field=field) from None
+
+
+def _read_members(tar: tarfile.TarFile, max_bytes: int, field: str) -> dict[str, bytes]:
     files: dict[str, bytes] = {}
     folders: set[str] = set()
-    with tar:
-        try:
-            members = tar.getmembers()
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise ValidationFailed(f"a broken archive ({e})", field=field) from None
-        for member in members:
-            path = _safe_path(member, field)
-            if member.isdir():
-                continue
-            if path.suffix.lower() in PICKLE_SUFFIXES:
-                raise ValidationFailed(f"{member.name}: pickle files are refused; save with safetensors", field=field)
-            if len(path.parts) > 2:
-                raise ValidationFailed(f"{member.name}: the adapter's files belong at the top or in one folder", field)
-            folders.add(path.parts[0] if len(path.parts) == 2 else "")
-            if path.name in KEPT:
-                if path.name in files:
-                    raise ValidationFailed(f"{member.name}: two files named {path.name}", field=field)
-                extracted = tar.extractfile(member)
-                files[path.name] = extracted.read() if extracted is not None else b""
+    total = 0
+    for count, member in enumerate(tar, start=1):
+        if count > MAX_MEMBERS:
+            raise ValidationFailed(f"over {MAX_MEMBERS} entries: not a peft adapter folder", field=field)
+        total += member.size
+        if total > max_bytes:
+            raise ValidationFailed(f"its files hold over {max_bytes} bytes, the upload limit", field=field)
+        path = _safe_path(member, field)
+        if member.isdir():
+            continue
+        if path.suffix.lower() in PICKLE_SUFFIXES:
+            raise ValidationFailed(f"{member.name}: pickle files are refused; save with safetensors", field=field)
+        if len(path.parts) > 2:
+            raise ValidationFailed(f"{member.name}: the adapter's files belong at the top or in one folder", field)
+        folders.add(path.parts[0] if len(path.parts) == 2 else "")
+        if path.name in KEPT:
+            if path.name in files:
+                raise ValidationFailed(f"{member.name}: two files named {path.name}", field=field)
+            extracted = tar.extractfile(member)
+            files[path.name] = extracted.read() if extracted is not None else b""
     if len(folders) > 1:
         raise ValidationFailed(f"one adapter folder per archive, not {sorted(folders)}", field=field)
     missing = [name for name in (CONFIG, WEIGHTS) if name not in files]
@@ -113,22 +129,33 @@ def _safe_path(member: tarfile.TarInfo, field: str) -> PurePosixPath:
     return PurePosixPath(*parts) if parts else PurePosixPath(".")
 
 
-def labels_of(files: dict[str, bytes], given: list[str] | None, field: str = "labels") -> list[str]:
-    """The label names in head order: given with the upload, else peftserve.json's, else config.json's id2label."""
-    if given:
-        return given
+def labels_of(files: dict[str, bytes], given: list[str] | None) -> list[str]:
+    """The label names in head order: given with the upload, else peftserve.json's, else config.json's id2label;
+    distinct, non-empty strings (a 422 naming `labels`, or `file` for names read from the archive)."""
+    if given is not None:
+        return clean_labels(given, "labels")
     for name, read in ((METADATA, lambda d: d.get("labels")), ("config.json", _id2label)):
         if name in files:
             try:
                 labels = read(json.loads(files[name]))
             except (ValueError, TypeError, AttributeError):
                 labels = None
-            if labels:
-                return [str(label) for label in labels]
+            if labels is not None:
+                return clean_labels(labels, "file", where=f"{name}: ")
     raise ValidationFailed(
         "give the labels in the head's order: a `labels` field, or peftserve.json or config.json (id2label) inside",
-        field=field,
+        field="labels",
     )
+
+
+def clean_labels(labels: Any, field: str, where: str = "") -> list[str]:
+    """A list of distinct, non-empty label names (stripped), else a 422 naming `field`."""
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x.strip() for x in labels):
+        raise ValidationFailed(f"{where}labels must be a list of non-empty strings", field=field)
+    names = [x.strip() for x in labels]
+    if len(set(names)) != len(names):
+        raise ValidationFailed(f"{where}labels must be distinct: {names}", field=field)
+    return names
 
 
 def _id2label(config: Any) -> list[str] | None:

@@ -37,22 +37,15 @@ async def import_adapter(
 
 
 def _labels(value: str | None) -> list[str] | None:
-    """The `labels` form field: a JSON list of strings, or comma-separated names."""
+    """The `labels` form field: a JSON list of strings, or comma-separated names (checked by the service)."""
     if value is None or not value.strip():
         return None
-    if value.lstrip().startswith("["):
-        try:
-            parsed = json.loads(value)
-        except ValueError as e:
-            raise ValidationFailed(f"labels is not a JSON list ({e})", field="labels") from None
-        if not isinstance(parsed, list) or not all(isinstance(x, str) and x.strip() for x in parsed):
-            raise ValidationFailed("labels: a JSON list of non-empty strings", field="labels")
-        names = [x.strip() for x in parsed]
-    else:
-        names = [x.strip() for x in value.split(",")]
-    if not all(names) or len(set(names)) != len(names):
-        raise ValidationFailed("labels: distinct, non-empty names", field="labels")
-    return names
+    if not value.lstrip().startswith("["):
+        return value.split(",")
+    try:
+        return json.loads(value)
+    except ValueError as e:
+        raise ValidationFailed(f"labels is not a JSON list ({e})", field="labels") from None
 
 
 @router.get("/loaded")
