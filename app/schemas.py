@@ -36,7 +36,7 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: Text
-    label: Text | StrictInt
+    label: Text | StrictInt | list[Text] = Field(description="a label, or a list of labels (multi-label, maybe none)")
     text_pair: Text | None = None
 
 
@@ -177,6 +177,9 @@ class EvalPoint(BaseModel):
     accuracy: float | None = None
     f1_macro: float | None = None
     per_label: dict[str, LabelMetrics] | None = None
+    f1_micro: float | None = Field(None, description="multi-label")
+    subset_accuracy: float | None = Field(None, description="multi-label: rows with every label right")
+    hamming_loss: float | None = Field(None, description="multi-label: share of wrong row-label decisions")
 
 
 class JobMetrics(BaseModel):
@@ -206,7 +209,8 @@ class DatasetPublic(BaseModel):
     id: str
     filename: str | None
     n_records: int
-    labels: dict[str, int]
+    labels: dict[str, int] = Field(description="rows per label (multi-label: rows holding each)")
+    multi_label: bool = Field(False, description="labels are lists: a multi-label task")
     created_at: datetime
 
 
@@ -266,9 +270,17 @@ class Prediction(BaseModel):
     scores: dict[str, float]
 
 
+class MultiLabelPrediction(BaseModel):
+    """A multi-label adapter's answer: every label at or over its threshold (possibly none), and each label's
+    probability (independent sigmoids: they need not sum to 1)."""
+
+    labels: list[str]
+    scores: dict[str, float]
+
+
 class PredictResponse(BaseModel):
     adapter: str
-    predictions: list[Prediction]
+    predictions: list[Prediction] | list[MultiLabelPrediction]
 
 
 class MultiPredictResponse(BaseModel):
@@ -276,7 +288,7 @@ class MultiPredictResponse(BaseModel):
     the adapter as the request named it."""
 
     adapters: list[str] = Field(description="the version each requested adapter resolved to, in request order")
-    predictions: list[dict[str, Prediction]]
+    predictions: list[dict[str, Prediction | MultiLabelPrediction]]
 
 
 class EvaluateRequest(DataSource):
@@ -295,6 +307,20 @@ class EvaluateResponse(BaseModel):
     per_label: dict[str, LabelMetrics]
     labels: list[str]
     confusion_matrix: list[list[int]]
+
+
+class MultiLabelEvaluateResponse(BaseModel):
+    """A multi-label adapter on labelled rows: its decisions (each label at its threshold) scored."""
+
+    adapter: str
+    n: int
+    f1_micro: float
+    f1_macro: float
+    subset_accuracy: float = Field(description="rows whose every label was decided right")
+    hamming_loss: float = Field(description="the share of wrong row-label decisions")
+    per_label: dict[str, LabelMetrics]
+    labels: list[str]
+    thresholds: list[float] = Field(description="each label's probability threshold, in `labels` order")
 
 
 class Health(BaseModel):

@@ -20,7 +20,7 @@ from app.base_models.loading import resolve_dtype
 from app.config import Settings
 from app.errors import NotFound, PayloadTooLarge, ValidationFailed
 from app.inference.engine import InferenceEngine
-from app.inference.evaluation import evaluate, to_predictions
+from app.inference.evaluation import evaluate, evaluate_multilabel, to_predictions
 from app.inference.multilora import UnsupportedAdapter
 from app.jobs.tables import DatasetRow, Job
 from app.resources import SharedResources
@@ -28,7 +28,14 @@ from app.stores.adapters import CONFIG, WEIGHTS, AdapterVersion, parse_ref, vali
 from app.stores.archive import labels_of, read_archive, write_archive
 from app.telemetry import Telemetry
 from app.training.config import Hyperparameters
-from app.training.data import Limits, check_split_possible, parse_upload, validate_records
+from app.training.data import (
+    Limits,
+    check_split_possible,
+    is_multilabel,
+    label_names,
+    parse_upload,
+    validate_records,
+)
 
 # What an adapter continued with init_from keeps from its parent: its weights must fit the same LoRA layers.
 LORA_STRUCTURE = ("lora_r", "lora_alpha", "target_modules")
@@ -47,7 +54,13 @@ class RequestData:
 
     @property
     def labels(self) -> set[str]:
-        return set(self.uploaded.labels) if self.uploaded else {r["label"] for r in self.records or []}
+        if self.uploaded:
+            return set(self.uploaded.labels)
+        return {name for r in self.records or [] for name in label_names(r)}
+
+    @property
+    def multi_label(self) -> bool:
+        return bool(self.uploaded.multi_label) if self.uploaded else is_multilabel(self.records or [])
 
     @property
     def size(self) -> int:
@@ -131,6 +144,13 @@ class PeftServe:
         train = self._data(body.train, "train.")
         validation = self._data(body.validation, "validation.", min_labels=1) if body.validation else None
         if validation is not None:
+            if validation.multi_label != train.multi_label:
+                kinds = ("single labels", "lists of labels (multi-label)")
+                raise ValidationFailed(
+                    f"the training data has {kinds[train.multi_label]}, the validation data "
+                    f"{kinds[validation.multi_label]}",
+                    field="validation",
+                )
             _check_known_labels(validation, train.labels)
         else:
             check_split_possible(train.size, body.validation_split, "validation_split")
@@ -182,6 +202,12 @@ class PeftServe:
             raise ValidationFailed(
                 f"{parent.ref} was trained on {parent.meta['base_model']!r}, this job's base_model is "
                 f"{body.base_model!r}",
+                field="init_from",
+            )
+        if parent.meta.get("multi_label", False) != train.multi_label:
+            raise ValidationFailed(
+                f"{parent.ref} is {'' if parent.meta.get('multi_label') else 'not '}multi-label and the training data "
+                f"{'is' if train.multi_label else 'is not'}",
                 field="init_from",
             )
         if set(parent.labels) != set(train.labels):
@@ -366,36 +392,55 @@ class PeftServe:
 
     @staticmethod
     def predict_response(version: AdapterVersion, probs: Any) -> schemas.PredictResponse:
-        return schemas.PredictResponse(adapter=version.ref, predictions=to_predictions(version.labels, probs))
+        return schemas.PredictResponse(adapter=version.ref, predictions=_predictions(version, probs))
 
     @staticmethod
     def multi_predict_response(
         names: list[str], answers: list[tuple[AdapterVersion, Any]]
     ) -> schemas.MultiPredictResponse:
         """Per input, each adapter's prediction keyed by the name the request used."""
-        each = [to_predictions(version.labels, probs) for version, probs in answers]
+        each = [_predictions(version, probs) for version, probs in answers]
         return schemas.MultiPredictResponse(
             adapters=[version.ref for version, _ in answers],
             predictions=[dict(zip(names, row, strict=True)) for row in zip(*each, strict=True)],
         )
 
-    def evaluate(self, body: schemas.EvaluateRequest) -> schemas.EvaluateResponse:
+    def evaluate(self, body: schemas.EvaluateRequest) -> schemas.EvaluateResponse | schemas.MultiLabelEvaluateResponse:
         version = self.adapters.resolve(body.adapter)
         data = self._data(body, min_labels=1)
         rows = data.records if data.records is not None else self.datasets.load(data.uploaded.id)
+        multi = bool(version.meta.get("multi_label"))
         known = set(version.labels)
         for i, r in enumerate(rows):
-            if r["label"] not in known:
-                where = "" if body.records is not None else f"row {i} of dataset {body.dataset}: "
+            where = "" if body.records is not None else f"row {i} of dataset {body.dataset}: "
+            field = f"records[{i}].label" if body.records is not None else "dataset"
+            if isinstance(r["label"], list) != multi:
+                kind = "lists of labels (it is multi-label)" if multi else "one label per row"
+                raise ValidationFailed(f"{where}adapter {version.ref} is evaluated on {kind}", field=field)
+            unknown = [name for name in label_names(r) if name not in known]
+            if unknown:
                 raise ValidationFailed(
-                    f"{where}label {r['label']!r} is not one of the adapter's labels {version.labels}",
-                    field=f"records[{i}].label" if body.records is not None else "dataset",
+                    f"{where}label {unknown[0]!r} is not one of the adapter's labels {version.labels}", field=field
                 )
         pairs = [r.get("text_pair") for r in rows]
         version, probs = self.engine.predict(version.ref, [r["text"] for r in rows], pairs if any(pairs) else None)
-        return schemas.EvaluateResponse(
-            adapter=version.ref, **evaluate(version.labels, [r["label"] for r in rows], probs)
-        )
+        truth = [r["label"] for r in rows]
+        if multi:
+            figures = evaluate_multilabel(version.labels, truth, probs, _thresholds(version) or [])
+            return schemas.MultiLabelEvaluateResponse(adapter=version.ref, **figures)
+        return schemas.EvaluateResponse(adapter=version.ref, **evaluate(version.labels, truth, probs))
+
+
+def _predictions(version: AdapterVersion, probs: Any) -> list[dict]:
+    """A version's answers: single-label, or multi-label at its thresholds."""
+    return to_predictions(version.labels, probs, _thresholds(version))
+
+
+def _thresholds(version: AdapterVersion) -> list[float] | None:
+    """A multi-label version's per-label thresholds (0.5 where none were saved); None for single-label."""
+    if not version.meta.get("multi_label"):
+        return None
+    return list(version.meta.get("thresholds") or [0.5] * len(version.labels))
 
 
 def _adapter_config(data: bytes) -> dict[str, Any]:
@@ -424,6 +469,8 @@ def _check_known_labels(validation: RequestData, train_labels: set[str]) -> None
         return
     label, field = unknown[0], "validation.dataset"
     if validation.records is not None:
-        row, label = next((i, r["label"]) for i, r in enumerate(validation.records) if r["label"] in unknown)
+        row, label = next(
+            (i, name) for i, r in enumerate(validation.records) for name in label_names(r) if name in unknown
+        )
         field = f"validation.records[{row}].label"
     raise ValidationFailed(f"label {label!r} does not occur in the training data", field=field)

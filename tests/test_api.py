@@ -583,3 +583,86 @@ def test_import_checks_labels_and_what_init_from_may_continue(client):
         assert_error(client.post("/jobs", json={**body, "init_from": parent}), 422, "init_from")
     big_rank = {**peft_files, "adapter_config.json": json.dumps({**config, "r": 300}).encode()}
     assert_error(_import(client, _tar(big_rank), name="big", labels="neg,pos"), 422, "file")
+
+
+def test_multi_label_trains_serves_and_evaluates(client, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from app.base_models.tiny import toy_multilabel
+
+    hp = {**HP, "epochs": 12, "tune_thresholds": True}
+    body = {"adapter": "tags", "base_model": "tiny-bert", "train": {"records": toy_multilabel(240)},
+            "validation": {"records": toy_multilabel(60, seed=4)}, "hyperparameters": hp}  # fmt: skip
+    r = client.post("/jobs", json=body)
+    assert r.status_code == 202, r.text
+    Worker(client.settings).run(burst=True)
+    job = client.get(f"/jobs/{r.json()['id']}").json()
+    assert job["status"] == "succeeded", job
+    m = job["result"]["metrics"]
+    assert {"f1_micro", "f1_macro", "subset_accuracy", "hamming_loss", "per_label"} <= set(m)
+    assert set(m["per_label"]) == {"negative", "positive", "sport"} and m["f1_micro"] > 0.8, m
+    version = client.get("/adapters/tags").json()["versions"][0]
+    assert version["labels"] == ["negative", "positive", "sport"]
+    evals = client.get(f"/jobs/{job['id']}/metrics").json()["eval"]
+    assert evals[-1]["subset_accuracy"] is not None and evals[-1]["hamming_loss"] is not None
+
+    texts = ["the goal and a superb match", "a dull film", "the plot and the actor"]
+    pred = client.post("/predict", json={"adapter": "tags", "inputs": texts}).json()["predictions"]
+    assert set(pred[0]["labels"]) == {"positive", "sport"}, pred  # a clear row with two labels
+    assert all(set(p["labels"]) <= {"negative", "positive", "sport"} for p in pred)
+    # the probabilities are the sigmoids plain peft gives on the saved folder
+    base_path = client.settings.models["tiny-bert"].location
+    folder = client.app.state.service.adapters.resolve("tags").path
+    ref = PeftModel.from_pretrained(
+        AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=3), str(folder)
+    ).eval()
+    tok = AutoTokenizer.from_pretrained(base_path)
+    with torch.no_grad():
+        for t, p in zip(texts, pred, strict=True):
+            want = torch.sigmoid(ref(**tok([t], return_tensors="pt")).logits)[0].tolist()
+            assert [p["scores"][k] for k in ("negative", "positive", "sport")] == pytest.approx(want, abs=1e-5)
+
+    ev = client.post("/evaluate", json={"adapter": "tags", "records": toy_multilabel(60, seed=9)}).json()
+    assert set(ev) == {"adapter", "n", "f1_micro", "f1_macro", "subset_accuracy", "hamming_loss", "per_label",
+                       "labels", "thresholds"}  # fmt: skip
+    assert ev["n"] == 60 and len(ev["thresholds"]) == 3 and ev["subset_accuracy"] > 0.35, ev  # "none": 1/6
+    # the figures are those of the decisions /predict gives on the same rows
+    from sklearn.metrics import f1_score, hamming_loss
+
+    rows = toy_multilabel(60, seed=9)
+    decided = client.post("/predict", json={"adapter": "tags", "inputs": [r["text"] for r in rows]}).json()
+    names = ev["labels"]
+    truth = [[int(n in r["label"]) for n in names] for r in rows]
+    got = [[int(n in p["labels"]) for n in names] for p in decided["predictions"]]
+    assert ev["f1_micro"] == pytest.approx(f1_score(truth, got, average="micro"))
+    assert ev["hamming_loss"] == pytest.approx(hamming_loss(truth, got))
+
+    # single- and multi-label adapters in one mixed batch
+    assert train(client, "sent", toy_sentiment(80))["status"] == "succeeded"
+    both = client.post("/predict", json={"adapters": ["sent", "tags"], "inputs": texts}).json()["predictions"]
+    assert "label" in both[0]["sent"] and both[0]["tags"]["labels"] == pred[0]["labels"]
+    for row, p in zip(both, pred, strict=True):
+        assert row["tags"]["scores"] == pytest.approx(p["scores"], abs=1e-5)
+
+    # refused, naming the row or field
+    mixed = toy_multilabel(6) + [{"text": "a good film", "label": "positive"}]
+    err = assert_error(client.post("/jobs", json={**body, "train": {"records": mixed}}), 422, "train.records[6].label")
+    assert "mix" in err["message"]
+    single_val = {**body, "validation": {"records": toy_sentiment(10)}}
+    assert_error(client.post("/jobs", json=single_val), 422, "validation")
+    assert_error(
+        client.post("/evaluate", json={"adapter": "tags", "records": toy_sentiment(4)}), 422, "records[0].label"
+    )
+    assert_error(client.post("/jobs", json={**body, "train": {"records": [{"text": "x", "label": ["a", 3]}]}}), 422,
+                 "train.records[0].label[1]")  # fmt: skip
+
+
+def test_multi_label_csv_upload(client):
+    csv = b"text,labels\nthe goal and a superb match,positive|sport\na dull film,negative\nthe plot,\n"
+    r = client.post("/datasets", files={"file": ("tags.csv", csv)})
+    assert r.status_code == 201, r.text
+    assert r.json()["multi_label"] is True and r.json()["labels"] == {"negative": 1, "positive": 1, "sport": 1}
+    single = client.post("/datasets", files={"file": ("s.csv", b"text,label\na,x\nb,y\n")}).json()
+    assert single["multi_label"] is False

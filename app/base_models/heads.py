@@ -91,7 +91,12 @@ def pretrained_heads(model: nn.Module, heads: list[str], missing: set[str]) -> d
 
 
 def fresh_heads(
-    model: Any, heads: list[str], labels: list[str], seed: int, pretrained: dict[str, nn.Module] | None = None
+    model: Any,
+    heads: list[str],
+    labels: list[str],
+    seed: int,
+    pretrained: dict[str, nn.Module] | None = None,
+    multi_label: bool = False,
 ) -> None:
     """Put a head for `labels` in place of the model's (fp32): a copy of the checkpoint's weights for the
     modules in `pretrained`, the rest newly initialised (seeded, the architecture's own initialisation); give
@@ -100,7 +105,7 @@ def fresh_heads(
     config.num_labels = len(labels)
     config.id2label = dict(enumerate(labels))
     config.label2id = {label: i for i, label in enumerate(labels)}
-    config.problem_type = "single_label_classification"
+    config.problem_type = "multi_label_classification" if multi_label else "single_label_classification"
     with torch.device("meta"):
         template = type(model)(copy.deepcopy(config))  # the head modules for this many labels, no memory
     device = next(model.parameters()).device

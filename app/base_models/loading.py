@@ -132,6 +132,6 @@ def load_base(
     return LoadedBase(resolved.name, model, tok, device, quantization, list(arch.heads), revision, pretrained)
 
 
-def new_head(base: LoadedBase, labels: list[str], seed: int) -> None:
+def new_head(base: LoadedBase, labels: list[str], seed: int, multi_label: bool = False) -> None:
     """A freshly initialised head for this job's label set, put in place of the base's head."""
-    fresh_heads(base.model, base.heads, labels, seed, base.pretrained_heads)
+    fresh_heads(base.model, base.heads, labels, seed, base.pretrained_heads, multi_label)

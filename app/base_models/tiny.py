@@ -111,6 +111,21 @@ def toy_sentiment(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
+def toy_multilabel(n: int, seed: int = 0) -> list[dict]:
+    """Multi-label: "positive", "negative" and "sport", each present when a word of its kind is (none, one or
+    two of them per row, among neutral words)."""
+    rng = random.Random(seed)
+    pools = {"positive": POSITIVE, "negative": NEGATIVE, "sport": SPORT}
+    combos = [[], ["positive"], ["negative"], ["sport"], ["positive", "sport"], ["negative", "sport"]]
+    rows = []
+    for i in range(n):
+        labels = combos[i % len(combos)]
+        words = rng.sample(NEUTRAL, 4) + [rng.choice(pools[label]) for label in labels]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": list(labels)})
+    return rows
+
+
 def toy_topic(n: int, seed: int = 0) -> list[dict]:
     """Three labels: film-positive, film-negative, sport."""
     rng = random.Random(seed)

@@ -350,7 +350,10 @@ def predict(
     table.add_column("score", justify="right", no_wrap=True)
     table.add_column("text")
     for text, p in zip(texts, body["predictions"], strict=True):
-        table.add_row(escape(p["label"]), f"{p['score']:.3f}", escape(text))
+        if "labels" in p:  # multi-label: every label over its threshold, and the highest probability
+            table.add_row(escape(", ".join(p["labels"]) or "(none)"), f"{max(p['scores'].values()):.3f}", escape(text))
+        else:
+            table.add_row(escape(p["label"]), f"{p['score']:.3f}", escape(text))
     console.print(table)
 
 
@@ -373,13 +376,18 @@ def evaluate(
         return
     console = _console()
     console.print(f"adapter {body['adapter']} on {body['n']} records")
-    console.print("  ".join(f"{k} {body[k]:.4f}" for k in ("accuracy", "f1_macro", "precision_macro", "recall_macro")))
+    keys = ("accuracy", "f1_macro", "precision_macro", "recall_macro")
+    if "subset_accuracy" in body:  # a multi-label adapter
+        keys = ("f1_micro", "f1_macro", "subset_accuracy", "hamming_loss")
+    console.print("  ".join(f"{k} {body[k]:.4f}" for k in keys))
     per_label = Table(box=None, header_style="bold")
     for column in ("label", "precision", "recall", "f1", "support"):
         per_label.add_column(column, justify="left" if column == "label" else "right")
     for label, m in body.get("per_label", {}).items():
         per_label.add_row(escape(label), *(f"{m[k]:.4f}" for k in ("precision", "recall", "f1")), str(m["support"]))
     console.print(per_label)
+    if "confusion_matrix" not in body:  # multi-label: per-label figures only
+        return
     console.print("confusion matrix (rows: true label, columns: predicted)")
     table = Table(box=None, header_style="bold")
     table.add_column("")

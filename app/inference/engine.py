@@ -290,13 +290,14 @@ class InferenceEngine:
 
 def _probabilities(items: list[tuple[_Request, Resident]], logits: torch.Tensor) -> dict[int, torch.Tensor]:
     """Each request's rows (consecutive in `logits`, as wide as the widest resident head): the softmax over
-    its adapter's own labels (the first n_labels columns)."""
+    its adapter's own labels (the first n_labels columns), or for a multi-label adapter each label's sigmoid."""
     out: dict[int, torch.Tensor] = {}
     start = 0
     for r, _ in items:
         rows = logits[start : start + len(r.texts), : len(r.version.labels)]
         start += len(r.texts)
-        out[id(r)] = torch.softmax(rows, dim=-1).cpu()
+        probs = torch.sigmoid(rows) if r.version.meta.get("multi_label") else torch.softmax(rows, dim=-1)
+        out[id(r)] = probs.cpu()
     return out
 
 

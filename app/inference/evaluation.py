@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from app.metrics import classification_metrics
+from app.metrics import classification_metrics, multilabel_metrics
 
 
-def to_predictions(labels: list[str], probs: torch.Tensor) -> list[dict]:
+def to_predictions(labels: list[str], probs: torch.Tensor, thresholds: list[float] | None = None) -> list[dict]:
+    """Per row: the best label, its score and every label's (single-label); or, with `thresholds`
+    (multi-label), every label at or over its threshold, possibly none, and each label's probability."""
+    if thresholds is not None:
+        return [
+            {
+                "labels": [label for label, p, t in zip(labels, row, thresholds, strict=True) if p >= t],
+                "scores": dict(zip(labels, row, strict=True)),
+            }
+            for row in probs.tolist()
+        ]
     out = []
     for row in probs.tolist():
         best = max(range(len(row)), key=row.__getitem__)
@@ -25,3 +35,12 @@ def evaluate(labels: list[str], y_true: list[str], probs: torch.Tensor) -> dict:
         "labels": labels,
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
     }
+
+
+def evaluate_multilabel(
+    labels: list[str], y_true: list[list[str]], probs: torch.Tensor, thresholds: list[float]
+) -> dict:
+    """Multi-label figures of an adapter's decisions (each label at its threshold) on rows' true label lists."""
+    truth = [[1 if label in row else 0 for label in labels] for row in y_true]
+    decided = (probs >= torch.tensor(thresholds)).int().tolist()
+    return {"n": len(y_true), **multilabel_metrics(truth, decided, labels), "labels": labels, "thresholds": thresholds}

@@ -130,6 +130,7 @@ class DatasetRow(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     filename: Mapped[str | None] = mapped_column(String(255))
     n_records: Mapped[int]
-    labels: Mapped[dict[str, Any]]
+    labels: Mapped[dict[str, Any]]  # rows per label (multi-label: rows holding it)
+    multi_label: Mapped[bool | None]  # labels are lists (None: stored before multi-label; single)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

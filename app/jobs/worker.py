@@ -29,7 +29,7 @@ from app.resources import SharedResources
 from app.stores.adapters import AdapterVersion
 from app.training.checkpoint import Checkpoints
 from app.training.config import Hyperparameters
-from app.training.data import split_validation
+from app.training.data import is_multilabel, label_names, split_validation
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ class Worker:
         reporter.batch_size = hp.batch_size
         train, val = self._data(job, hp.seed)
         parent = self._parent(job)
-        labels = parent.labels if parent else sorted({r["label"] for r in train} | {r["label"] for r in val})
+        labels = parent.labels if parent else sorted({name for r in train + val for name in label_names(r)})
+        multi_label = is_multilabel(train)
         base = self._base(job.base_model, reporter)
         reporter.event(f"Training {len(train)} examples, validating on {len(val)}; labels {labels}")
         staging = self.resources.adapters.staging_dir()
@@ -154,6 +155,7 @@ class Worker:
                 gradient_checkpointing=self.settings.gradient_checkpointing,
                 checkpoints=checkpoints,
                 init_from=parent.weights if parent else None,
+                multi_label=multi_label,
             )
             if not self.store.owns(job.id, self.id):  # lease lost meanwhile: another worker has it
                 return Outcome("lost")
@@ -167,6 +169,7 @@ class Worker:
                 "heads": base.heads,
                 "base_revision": base.revision,
                 "parent": parent.ref if parent else None,
+                **({"multi_label": True, "thresholds": result.thresholds} if multi_label else {}),
             }
             return Outcome(
                 "succeeded", adapter=self.resources.adapters.commit(staging, job.adapter, meta), metrics=meta["metrics"]

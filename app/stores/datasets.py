@@ -18,6 +18,7 @@ from pathlib import Path
 from app.errors import NotFound
 from app.jobs.store import JobStore
 from app.jobs.tables import DatasetRow
+from app.training.data import is_multilabel, label_names
 
 
 class DatasetStore(ABC):
@@ -30,9 +31,14 @@ class DatasetStore(ABC):
         digest = hashlib.sha256(body).hexdigest()
         dataset_id = f"ds_{digest[:24]}"
         self._put(_checked_id(dataset_id), body)
-        counts = Counter(r["label"] for r in rows)
+        counts = Counter(name for r in rows for name in label_names(r))
         row = DatasetRow(
-            id=dataset_id, filename=filename, n_records=len(rows), labels=dict(sorted(counts.items())), sha256=digest
+            id=dataset_id,
+            filename=filename,
+            n_records=len(rows),
+            labels=dict(sorted(counts.items())),
+            multi_label=is_multilabel(rows),
+            sha256=digest,
         )
         return self.store.add_dataset(row)
 

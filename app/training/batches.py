@@ -15,7 +15,7 @@ from app.base_models.tokens import Features, pad, tokenize
 @dataclass
 class Encoded:
     features: list[Features]
-    labels: list[int]
+    labels: list[Any]  # a label id per row, or (multi-label) a 0/1 float per label
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -31,6 +31,12 @@ def encode(tokenizer: Any, rows: list[dict], label_ids: dict[str, int], max_leng
     features = tokenize(
         tokenizer, [r["text"] for r in rows], [p or "" for p in pairs] if has_pairs else None, max_length
     )
+    if rows and isinstance(rows[0]["label"], list):  # multi-label: each row's labels as a multi-hot vector
+        hot = [[0.0] * len(label_ids) for _ in rows]
+        for vector, r in zip(hot, rows, strict=True):
+            for name in r["label"]:
+                vector[label_ids[name]] = 1.0
+        return Encoded(features, hot)
     return Encoded(features, [label_ids[r["label"]] for r in rows])
 
 
@@ -48,7 +54,7 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: np.random.G
 
 
 def collate(data: Encoded, idx: list[int], pad_id: int, device: str) -> dict[str, torch.Tensor]:
-    """The rows `idx` as one padded batch (width a multiple of 8), with their label ids."""
+    """The rows `idx` as one padded batch (width a multiple of 8), with their label ids (or multi-hot rows)."""
     batch = pad([data.features[i] for i in idx], pad_id, device)
     batch["labels"] = torch.tensor([data.labels[i] for i in idx], device=device)
     return batch

@@ -32,6 +32,10 @@ class Hyperparameters(BaseModel):
     class_weighting: Literal["none", "balanced"] = Field(
         "none", description="balanced: weight the loss by inverse label frequency (imbalanced data)"
     )
+    tune_thresholds: bool = Field(
+        False,
+        description="multi-label: each label's probability threshold tuned for F1 on the validation rows (else 0.5)",
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds init, shuffling and the validation split")
 
     @field_validator("target_modules")

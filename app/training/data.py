@@ -15,6 +15,19 @@ from typing import Any
 from app.errors import PayloadTooLarge, ValidationFailed
 
 COLUMNS = ("text", "label", "text_pair")
+CSV_LABELS = "labels"  # a CSV column of multi-label rows: names separated by LABEL_SEPARATOR ("" for none)
+LABEL_SEPARATOR = "|"
+
+
+def label_names(row: dict) -> list[str]:
+    """A validated row's labels: its one label, or its list (multi-label; possibly empty)."""
+    label = row["label"]
+    return list(label) if isinstance(label, list) else [label]
+
+
+def is_multilabel(rows: list[dict]) -> bool:
+    """Rows whose labels are lists: a multi-label task (validated rows never mix the two kinds)."""
+    return bool(rows) and isinstance(rows[0]["label"], list)
 
 
 @dataclass(frozen=True)
@@ -34,7 +47,7 @@ def validate_records(rows: list[Any], field: str, limits: Limits, min_labels: in
     if len(rows) > limits.max_records:
         raise PayloadTooLarge(f"{len(rows)} records is over the limit of {limits.max_records}", field=field)
     out: list[dict] = []
-    label_types: set[type] = set()
+    label_kinds: set[type] = set()
     for i, row in enumerate(rows):
         where = f"{field}[{i}]"
         if not isinstance(row, dict):
@@ -48,22 +61,18 @@ def validate_records(rows: list[Any], field: str, limits: Limits, min_labels: in
         label = row.get("label")
         if label is None:
             raise ValidationFailed("label is missing", field=f"{where}.label")
-        if isinstance(label, bool) or not isinstance(label, (str, int)):
-            raise ValidationFailed(
-                f"label must be a string or an integer, got {type(label).__name__}", field=f"{where}.label"
+        if isinstance(label, list):
+            rec["label"] = sorted(
+                {_one_label(x, f"{where}.label[{j}]", strings_only=True) for j, x in enumerate(label)}
             )
-        if isinstance(label, str) and not label.strip():
-            raise ValidationFailed("label is empty", field=f"{where}.label")
-        if (isinstance(label, str) and surrogate_at(label) is not None) or len(str(label)) > 200:  # ints: their digits
-            raise ValidationFailed("label must be valid Unicode of at most 200 characters", field=f"{where}.label")
-        label_types.add(type(label))
-        if len(label_types) > 1:
-            raise ValidationFailed(
-                "labels mix strings and integers; use one type for every row", field=f"{where}.label"
-            )
-        rec["label"] = str(label).strip() if isinstance(label, str) else str(label)
+        else:
+            rec["label"] = _one_label(label, f"{where}.label")
+        label_kinds.add(type(label))
+        if len(label_kinds) > 1:
+            mixed = "single labels and lists (multi-label)" if list in label_kinds else "strings and integers"
+            raise ValidationFailed(f"labels mix {mixed}; use one kind for every row", field=f"{where}.label")
         out.append(rec)
-    counts = Counter(r["label"] for r in out)
+    counts = Counter(name for r in out for name in label_names(r))
     if len(counts) < min_labels:
         raise ValidationFailed(
             f"needs at least {min_labels} distinct labels, found {len(counts)}: {sorted(counts)}", field=field
@@ -71,6 +80,19 @@ def validate_records(rows: list[Any], field: str, limits: Limits, min_labels: in
     if len(counts) > limits.max_labels:
         raise ValidationFailed(f"{len(counts)} labels is over the limit of {limits.max_labels}", field=field)
     return out
+
+
+def _one_label(label: Any, field: str, strings_only: bool = False) -> str:
+    """One label name: a non-empty string (or an integer, outside lists) of valid Unicode, at most 200 characters."""
+    kinds = (str,) if strings_only else (str, int)
+    if isinstance(label, bool) or not isinstance(label, kinds):
+        wanted = "a string" if strings_only else "a string or an integer, or a list of strings (multi-label)"
+        raise ValidationFailed(f"label must be {wanted}, got {type(label).__name__}", field=field)
+    if isinstance(label, str) and not label.strip():
+        raise ValidationFailed("label is empty", field=field)
+    if (isinstance(label, str) and surrogate_at(label) is not None) or len(str(label)) > 200:  # ints: their digits
+        raise ValidationFailed("label must be valid Unicode of at most 200 characters", field=field)
+    return str(label).strip() if isinstance(label, str) else str(label)
 
 
 def _text(row: dict, key: str, where: str, limits: Limits, required: bool) -> str:
@@ -180,18 +202,23 @@ def _csv_rows(text: str, content: bytes) -> list[dict]:
     dupes = sorted({c for c in header if header.count(c) > 1})
     if dupes:
         raise ValidationFailed(f"the header repeats column(s) {dupes}", field="file")
-    missing = [c for c in ("text", "label") if c not in header]
+    label_column = CSV_LABELS if CSV_LABELS in header and "label" not in header else "label"
+    missing = [c for c in ("text", label_column) if c not in header]
     if missing:
         raise ValidationFailed(
-            f"missing column(s) {missing}; found {header} (the first line must be the header: text,label[,text_pair])",
+            f"missing column(s) {missing}; found {header} (the first line must be the header: text,label[,text_pair]"
+            f", or text,labels with {LABEL_SEPARATOR}-separated names for multi-label)",
             field="file",
         )
-    extra = [c for c in header if c not in COLUMNS]
+    extra = [c for c in header if c not in (*COLUMNS, label_column)]
     if extra:
         raise ValidationFailed(
-            f"unknown column(s) {extra} in the header; expected text, label, text_pair", field="file"
+            f"unknown column(s) {extra} in the header; expected text, label (or labels), text_pair", field="file"
         )
     rows = _csv_records(text, header)
+    if label_column == CSV_LABELS:  # multi-label: "a|b" -> ["a", "b"], "" -> []
+        for r in rows:
+            r["label"] = [x for x in r.pop(CSV_LABELS).split(LABEL_SEPARATOR) if x.strip()]
     # Empty text_pair cells mean "no pair": drop them so validation sees only what was given.
     return [{k: v for k, v in r.items() if not (k == "text_pair" and v == "")} for r in rows]
 
@@ -232,9 +259,9 @@ def split_validation(rows: list[dict], fraction: float, seed: int) -> tuple[list
     from sklearn.model_selection import train_test_split
 
     n_val = validation_size(len(rows), fraction)
-    labels = [r["label"] for r in rows]
-    counts = Counter(labels)
-    stratify = labels if min(counts.values()) >= 2 and n_val >= len(counts) else None
+    labels = None if is_multilabel(rows) else [r["label"] for r in rows]  # multi-label: a plain seeded split
+    counts = Counter(labels or [])
+    stratify = labels if labels and min(counts.values()) >= 2 and n_val >= len(counts) else None
     try:
         train, val = train_test_split(rows, test_size=n_val, random_state=seed, stratify=stratify)
     except ValueError:  # stratification impossible at this size: a plain seeded split

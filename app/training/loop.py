@@ -20,7 +20,7 @@ import torch
 
 from app.base_models.loading import LoadedBase
 from app.errors import JobInterrupted, TrainingError
-from app.metrics import classification_metrics
+from app.metrics import classification_metrics, multilabel_metrics, tuned_thresholds
 from app.training.batches import Encoded, collate, encode, length_grouped_batches
 from app.training.checkpoint import Checkpoints, fingerprint, restore_rngs
 from app.training.config import Hyperparameters
@@ -47,6 +47,7 @@ class Reporter(Protocol):
 @dataclass
 class TrainResult:
     metrics: dict[str, Any]
+    thresholds: list[float] | None = None  # multi-label: each label's probability threshold
 
 
 @dataclass
@@ -87,9 +88,11 @@ class TrainingRun:
         hp: Hyperparameters,
         reporter: Reporter,
         checkpoints: Checkpoints | None = None,
+        multi_label: bool = False,
     ):
         self.base, self.model, self.labels, self.hp, self.reporter = base, model, labels, hp, reporter
-        self.checkpoints = checkpoints
+        self.checkpoints, self.multi_label = checkpoints, multi_label
+        self.thresholds = [0.5] * len(labels)  # multi-label decisions (tuned at the end on request)
         self.autocast = base.model.dtype == torch.bfloat16 or (base.device == "cuda" and base.quantization != "none")
         self.pad_id = base.tokenizer.pad_token_id or 0
         self.pending: list[dict] = []  # metric points not yet sent to the Reporter
@@ -134,12 +137,21 @@ class TrainingRun:
         self.sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then linear decay to 0
             self.opt, lambda s: (s + 1) / (warmup + 1) if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
         )
+        self.loss_fn = self._loss()
+
+    def _loss(self) -> torch.nn.Module:
+        """Cross-entropy over the labels, or (multi-label) a binary cross-entropy per label; `balanced` weights
+        by inverse label frequency (multi-label: each label's negatives over its positives)."""
+        balanced, device = self.hp.class_weighting == "balanced", self.base.device
+        if self.multi_label:
+            pos = np.asarray(self.train.labels, dtype=float).sum(axis=0)
+            weight = torch.tensor((len(self.train) - pos) / np.maximum(pos, 1), dtype=torch.float32)
+            return torch.nn.BCEWithLogitsLoss(pos_weight=weight.to(device) if balanced else None)
         weight = None
-        if hp.class_weighting == "balanced":  # inverse label frequency
+        if balanced:
             counts = np.bincount(self.train.labels, minlength=len(self.labels)).astype(float)
             weight = torch.tensor(len(self.train) / (len(self.labels) * np.maximum(counts, 1)), dtype=torch.float32)
-            weight = weight.to(self.base.device)
-        self.loss_fn = torch.nn.CrossEntropyLoss(weight=weight)
+        return torch.nn.CrossEntropyLoss(weight=weight.to(device) if weight is not None else None)
 
     # ---- resume -------------------------------------------------------------------------------
     def _fingerprint(self) -> str:
@@ -276,25 +288,36 @@ class TrainingRun:
 
     @torch.no_grad()
     def evaluate(self, data: Encoded) -> dict[str, Any]:
+        """Validation figures: loss, and accuracy / macro-F1 / per label (multi-label: micro and macro F1, subset
+        accuracy, Hamming loss, per label, at the current thresholds)."""
+        loss, y_true, out = self._outputs(data)
+        if self.multi_label:
+            y_pred = (out >= torch.tensor(self.thresholds)).int().tolist()
+            return {"loss": loss, **multilabel_metrics(y_true, y_pred, self.labels)}
+        scores = classification_metrics(y_true, out.argmax(-1).tolist(), range(len(self.labels)))
+        return {
+            "loss": loss,
+            "accuracy": scores["accuracy"],
+            "f1_macro": scores["f1_macro"],
+            "per_label": dict(zip(self.labels, scores["per_label"].values(), strict=True)),  # by name, not index
+        }
+
+    @torch.no_grad()
+    def _outputs(self, data: Encoded) -> tuple[float, list, torch.Tensor]:
+        """Mean loss, the true labels and the model's outputs (logits; multi-label: probabilities) per row, in
+        the rows' length order."""
         self.model.eval()
         order = sorted(range(len(data)), key=lambda i: len(data.features[i]["input_ids"]))
-        preds, losses = [], []
+        outputs, losses = [], []
         size = max(self.hp.batch_size, 32)
         for start in range(0, len(order), size):
             idx = order[start : start + size]
             batch = collate(data, idx, self.pad_id, self.base.device)
             logits = self._forward(batch)
             losses.append(float(self.loss_fn(logits, batch["labels"])) * len(idx))
-            preds.extend(logits.argmax(-1).tolist())
-        y_true = [data.labels[i] for i in order]
+            outputs.append((torch.sigmoid(logits) if self.multi_label else logits).cpu())
         self.model.train()
-        scores = classification_metrics(y_true, preds, range(len(self.labels)))
-        return {
-            "loss": sum(losses) / len(data),
-            "accuracy": scores["accuracy"],
-            "f1_macro": scores["f1_macro"],
-            "per_label": dict(zip(self.labels, scores["per_label"].values(), strict=True)),  # by name, not index
-        }
+        return sum(losses) / len(data), [data.labels[i] for i in order], torch.cat(outputs)
 
     # ---- finish -------------------------------------------------------------------------------
     def _finish(self, state: RunState, out_dir: Path) -> TrainResult:
@@ -316,10 +339,14 @@ class TrainingRun:
         if state.best is not None:  # the weights we save are those of the best validation epoch
             _, best_step, values, weights = state.best
             self.model.load_state_dict(weights, strict=False)
+            if self.multi_label and self.hp.tune_thresholds and self.val is not None:
+                _, y_true, probs = self._outputs(self.val)
+                self.thresholds = tuned_thresholds(y_true, probs.numpy())
+                values = {**self.evaluate(self.val), "thresholds_tuned_on": "validation"}
             metrics.update(_rounded(values))
             metrics["best_step"] = best_step
         self.model.save_pretrained(str(out_dir), safe_serialization=True)
-        return TrainResult(metrics=metrics)
+        return TrainResult(metrics=metrics, thresholds=self.thresholds if self.multi_label else None)
 
     # ---- helpers ------------------------------------------------------------------------------
     def _weights(self) -> dict[str, torch.Tensor]:

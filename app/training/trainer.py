@@ -30,15 +30,17 @@ def train_adapter(
     gradient_checkpointing: bool = False,
     checkpoints: Checkpoints | None = None,
     init_from: Path | None = None,
+    multi_label: bool = False,
 ) -> TrainResult:
     _seed(hp.seed)
-    new_head(base, labels, hp.seed)
+    new_head(base, labels, hp.seed, multi_label)
     _prepare_base(base, gradient_checkpointing)
     model = _with_lora(base, hp)
     try:
         if init_from is not None:
             _load_parent(model, init_from)
-        return TrainingRun(base, model, labels, hp, reporter, checkpoints).run(train_rows, val_rows, out_dir)
+        run = TrainingRun(base, model, labels, hp, reporter, checkpoints, multi_label)
+        return run.run(train_rows, val_rows, out_dir)
     finally:
         # Take LoRA layers and the head wrapper off again: the shared base is clean for the next job.
         base.model = model.unload()

@@ -291,7 +291,9 @@ async function tryScreen(params, gen) {
     try {
       const r = await api("predict", { method: "POST", body: { adapter: view.querySelector("#adapter").value, inputs } });
       out.innerHTML = `<div class="muted">served by ${esc(r.adapter)}</div>` + r.predictions
-        .map((p, i) => `<div class="prediction"><div class="text">“${esc(inputs[i])}” → <b class="label">${esc(p.label)}</b> ${fmt(p.score, 3)}</div>
+        .map((p, i) => `<div class="prediction"><div class="text">“${esc(inputs[i])}” → ${"labels" in p
+            ? `<b class="label">${p.labels.length ? p.labels.map(esc).join(", ") : "(none)"}</b>`
+            : `<b class="label">${esc(p.label)}</b> ${fmt(p.score, 3)}`}</div>
           ${Object.entries(p.scores)
             .sort((a, b) => b[1] - a[1])
             .map(([label, s]) => `<div class="score" data-label="${esc(label)}"><span>${esc(label)}</span>${bar(s, "wide")}<span class="num">${s.toFixed(3)}</span></div>`)
@@ -328,6 +330,14 @@ async function evaluateScreen(params, gen) {
     }
     try {
       const r = await api("evaluate", { method: "POST", body: { adapter: view.querySelector("#adapter").value, records } });
+      if (!r.confusion_matrix) {  // a multi-label adapter: its figures and each label's
+        out.innerHTML = `<p>${esc(r.adapter)} on ${r.n} records: micro-F1 <b>${fmt(r.f1_micro, 3)}</b> · macro-F1
+          <b>${fmt(r.f1_macro, 3)}</b> · subset accuracy ${fmt(r.subset_accuracy, 3)} · Hamming loss ${fmt(r.hamming_loss, 3)}</p>
+          <table style="width:auto"><thead><tr><th>label</th><th>precision</th><th>recall</th><th>F1</th><th>support</th></tr></thead><tbody>
+          ${Object.entries(r.per_label).map(([l, m]) => `<tr><th>${esc(l)}</th><td>${fmt(m.precision, 3)}</td><td>${fmt(m.recall, 3)}</td><td>${fmt(m.f1, 3)}</td><td>${m.support}</td></tr>`).join("")}
+          </tbody></table>`;
+        return;
+      }
       const max = Math.max(1, ...r.confusion_matrix.flat());
       out.innerHTML = `<p>${esc(r.adapter)} on ${r.n} records: accuracy <b>${fmt(r.accuracy, 3)}</b> · macro-F1
         <b>${fmt(r.f1_macro, 3)}</b> · macro precision ${fmt(r.precision_macro, 3)} · macro recall ${fmt(r.recall_macro, 3)}</p>

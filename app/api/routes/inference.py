@@ -4,7 +4,14 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServiceDep
-from app.schemas import EvaluateRequest, EvaluateResponse, MultiPredictResponse, PredictRequest, PredictResponse
+from app.schemas import (
+    EvaluateRequest,
+    EvaluateResponse,
+    MultiLabelEvaluateResponse,
+    MultiPredictResponse,
+    PredictRequest,
+    PredictResponse,
+)
 
 router = APIRouter(tags=["inference"])
 
@@ -22,6 +29,6 @@ async def predict(*, svc: ServiceDep, body: PredictRequest) -> PredictResponse |
 
 
 @router.post("/evaluate")
-async def evaluate(*, svc: ServiceDep, body: EvaluateRequest) -> EvaluateResponse:
+async def evaluate(*, svc: ServiceDep, body: EvaluateRequest) -> EvaluateResponse | MultiLabelEvaluateResponse:
     """Accuracy, macro P/R/F1 and the confusion matrix of an adapter on labelled records."""
     return await run_in_threadpool(svc.evaluate, body)
