@@ -20,12 +20,18 @@ from app.base_models.loading import resolve_dtype
 from app.config import Settings
 from app.errors import NotFound, PayloadTooLarge, ValidationFailed
 from app.inference.engine import InferenceEngine
-from app.inference.evaluation import evaluate, evaluate_multilabel, to_predictions
+from app.inference.evaluation import evaluate, evaluate_multilabel, predictions_for, thresholds_of
 from app.inference.multilora import UnsupportedAdapter
 from app.jobs.tables import DatasetRow, Job
 from app.resources import SharedResources
 from app.stores.adapters import CONFIG, WEIGHTS, AdapterVersion, parse_ref, validate_name
-from app.stores.archive import labels_of, read_archive, write_archive
+from app.stores.archive import (
+    imported_hyperparameters,
+    labels_of,
+    read_adapter_config,
+    read_archive,
+    write_archive,
+)
 from app.telemetry import Telemetry
 from app.training.config import Hyperparameters
 from app.training.data import (
@@ -39,10 +45,6 @@ from app.training.data import (
 
 # What an adapter continued with init_from keeps from its parent: its weights must fit the same LoRA layers.
 LORA_STRUCTURE = ("lora_r", "lora_alpha", "target_modules")
-MAX_IMPORTED_RANK = 256  # as for trained adapters: every slot of a base's bank grows to the largest rank
-# An imported adapter's hyperparameters, as far as its adapter_config.json tells them (ours: peft's name).
-IMPORTED_HYPERPARAMETERS = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-                            "target_modules": "target_modules"}  # fmt: skip
 
 
 @dataclass
@@ -286,14 +288,14 @@ class PeftServe:
         if len(content) > self.settings.max_upload_bytes:
             raise PayloadTooLarge(f"upload is over the limit of {self.settings.max_upload_bytes} bytes", "file")
         files = read_archive(content, self.settings.max_upload_bytes)
-        config = _adapter_config(files[CONFIG])
+        config = read_adapter_config(files[CONFIG])
         heads, revision = self.engine.base_facts(base_model)
         meta = {
             "base_model": base_model,
             "labels": labels_of(files, labels),
             "heads": heads,
             "base_revision": revision,
-            "hyperparameters": {ours: config.get(theirs) for ours, theirs in IMPORTED_HYPERPARAMETERS.items()},
+            "hyperparameters": imported_hyperparameters(config),
             "metrics": {},
             "imported": True,
         }
@@ -392,14 +394,14 @@ class PeftServe:
 
     @staticmethod
     def predict_response(version: AdapterVersion, probs: Any) -> schemas.PredictResponse:
-        return schemas.PredictResponse(adapter=version.ref, predictions=_predictions(version, probs))
+        return schemas.PredictResponse(adapter=version.ref, predictions=predictions_for(version, probs))
 
     @staticmethod
     def multi_predict_response(
         names: list[str], answers: list[tuple[AdapterVersion, Any]]
     ) -> schemas.MultiPredictResponse:
         """Per input, each adapter's prediction keyed by the name the request used."""
-        each = [_predictions(version, probs) for version, probs in answers]
+        each = [predictions_for(version, probs) for version, probs in answers]
         return schemas.MultiPredictResponse(
             adapters=[version.ref for version, _ in answers],
             predictions=[dict(zip(names, row, strict=True)) for row in zip(*each, strict=True)],
@@ -426,40 +428,9 @@ class PeftServe:
         version, probs = self.engine.predict(version.ref, [r["text"] for r in rows], pairs if any(pairs) else None)
         truth = [r["label"] for r in rows]
         if multi:
-            figures = evaluate_multilabel(version.labels, truth, probs, _thresholds(version) or [])
+            figures = evaluate_multilabel(version.labels, truth, probs, thresholds_of(version) or [])
             return schemas.MultiLabelEvaluateResponse(adapter=version.ref, **figures)
         return schemas.EvaluateResponse(adapter=version.ref, **evaluate(version.labels, truth, probs))
-
-
-def _predictions(version: AdapterVersion, probs: Any) -> list[dict]:
-    """A version's answers: single-label, or multi-label at its thresholds."""
-    return to_predictions(version.labels, probs, _thresholds(version))
-
-
-def _thresholds(version: AdapterVersion) -> list[float] | None:
-    """A multi-label version's per-label thresholds (0.5 where none were saved); None for single-label."""
-    if not version.meta.get("multi_label"):
-        return None
-    return list(version.meta.get("thresholds") or [0.5] * len(version.labels))
-
-
-def _adapter_config(data: bytes) -> dict[str, Any]:
-    """An imported adapter_config.json: a LoRA adapter for sequence classification (422 naming `file` if not)."""
-    try:
-        config = json.loads(data)
-    except ValueError as e:
-        raise ValidationFailed(f"adapter_config.json is not JSON ({e})", field="file") from None
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
-        raise ValidationFailed("adapter_config.json: only LoRA adapters (peft_type LORA) are served", field="file")
-    r = config.get("r")
-    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= MAX_IMPORTED_RANK:
-        raise ValidationFailed(f"adapter_config.json: r must be an integer from 1 to {MAX_IMPORTED_RANK}", "file")
-    if config.get("task_type") not in ("SEQ_CLS", None):
-        raise ValidationFailed(
-            f"adapter_config.json: task_type {config.get('task_type')!r}; sequence classification (SEQ_CLS) only",
-            field="file",
-        )
-    return config
 
 
 def _check_known_labels(validation: RequestData, train_labels: set[str]) -> None:

@@ -41,7 +41,7 @@ def _alive(pid: int) -> bool:
     """Running, not a zombie (a killed worker stays one until the server reaps it, within 2 s)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
+    except (OSError, IndexError):  # gone meanwhile: FileNotFoundError, or ProcessLookupError mid-read
         return False
 
 

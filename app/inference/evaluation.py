@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from app.metrics import classification_metrics, multilabel_metrics
+from app.stores.adapters import AdapterVersion
 
 
 def to_predictions(labels: list[str], probs: torch.Tensor, thresholds: list[float] | None = None) -> list[dict]:
@@ -44,3 +47,15 @@ def evaluate_multilabel(
     truth = [[1 if label in row else 0 for label in labels] for row in y_true]
     decided = (probs >= torch.tensor(thresholds)).int().tolist()
     return {"n": len(y_true), **multilabel_metrics(truth, decided, labels), "labels": labels, "thresholds": thresholds}
+
+
+def predictions_for(version: AdapterVersion, probs: Any) -> list[dict]:
+    """A version's answers: single-label, or multi-label at its thresholds."""
+    return to_predictions(version.labels, probs, thresholds_of(version))
+
+
+def thresholds_of(version: AdapterVersion) -> list[float] | None:
+    """A multi-label version's per-label thresholds (0.5 where none were saved); None for single-label."""
+    if not version.meta.get("multi_label"):
+        return None
+    return list(version.meta.get("thresholds") or [0.5] * len(version.labels))

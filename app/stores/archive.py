@@ -22,6 +22,10 @@ from app.stores.adapters import CONFIG, METADATA, WEIGHTS, AdapterVersion
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")  # never read, and refused
 KEPT = (CONFIG, WEIGHTS, METADATA, "config.json")  # what an import reads; other files are ignored
 MAX_MEMBERS = 64  # a peft folder holds a handful of files (a README, a tokenizer at most)
+MAX_IMPORTED_RANK = 256  # as for trained adapters: every slot of a base's bank grows to the largest rank
+# An imported adapter's hyperparameters, as far as its adapter_config.json tells them (ours: peft's name).
+IMPORTED_HYPERPARAMETERS = {"lora_r": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+                            "target_modules": "target_modules"}  # fmt: skip
 
 ARCHIVE_README = """\
 # {ref}: a LoRA adapter for sequence classification on {base}, trained by peftserve
@@ -169,3 +173,27 @@ def _id2label(config: Any) -> list[str] | None:
     if [i for i, _ in ordered] != list(range(len(ordered))):
         return None
     return [v for _, v in ordered]
+
+
+def read_adapter_config(data: bytes) -> dict[str, Any]:
+    """An imported adapter_config.json: a LoRA adapter for sequence classification (422 naming `file` if not)."""
+    try:
+        config = json.loads(data)
+    except ValueError as e:
+        raise ValidationFailed(f"adapter_config.json is not JSON ({e})", field="file") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        raise ValidationFailed("adapter_config.json: only LoRA adapters (peft_type LORA) are served", field="file")
+    r = config.get("r")
+    if isinstance(r, bool) or not isinstance(r, int) or not 1 <= r <= MAX_IMPORTED_RANK:
+        raise ValidationFailed(f"adapter_config.json: r must be an integer from 1 to {MAX_IMPORTED_RANK}", "file")
+    if config.get("task_type") not in ("SEQ_CLS", None):
+        raise ValidationFailed(
+            f"adapter_config.json: task_type {config.get('task_type')!r}; sequence classification (SEQ_CLS) only",
+            field="file",
+        )
+    return config
+
+
+def imported_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
+    """An imported adapter's hyperparameters, as far as its adapter_config.json tells them."""
+    return {ours: config.get(theirs) for ours, theirs in IMPORTED_HYPERPARAMETERS.items()}
