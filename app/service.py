@@ -28,6 +28,7 @@ from app.stores.adapters import CONFIG, WEIGHTS, AdapterVersion, parse_ref, vali
 from app.stores.archive import (
     imported_hyperparameters,
     labels_of,
+    multilabel_of,
     read_adapter_config,
     read_archive,
     write_archive,
@@ -290,14 +291,16 @@ class PeftServe:
         files = read_archive(content, self.settings.max_upload_bytes)
         config = read_adapter_config(files[CONFIG])
         heads, revision = self.engine.base_facts(base_model)
+        names = labels_of(files, labels)
         meta = {
             "base_model": base_model,
-            "labels": labels_of(files, labels),
+            "labels": names,
             "heads": heads,
             "base_revision": revision,
             "hyperparameters": imported_hyperparameters(config),
             "metrics": {},
             "imported": True,
+            **multilabel_of(files, len(names)),
         }
         try:
             state = safetensors_load(files[WEIGHTS])

@@ -659,6 +659,26 @@ def test_multi_label_trains_serves_and_evaluates(client, tmp_path):
                  "train.records[0].label[1]")  # fmt: skip
 
 
+def test_a_multi_label_adapter_round_trips_through_download_and_import(client):
+    from app.base_models.tiny import toy_multilabel
+
+    hp = {**HP, "epochs": 4, "tune_thresholds": True}
+    body = {
+        "adapter": "tags",
+        "base_model": "tiny-bert",
+        "train": {"records": toy_multilabel(120)},
+        "hyperparameters": hp,
+    }
+    assert client.post("/jobs", json=body).status_code == 202
+    Worker(client.settings).run(burst=True)
+    r = _import(client, client.get("/adapters/tags/archive").content, name="tags-copy")
+    assert r.status_code == 201, r.text
+    texts = ["the goal and a superb match", "a dull film"]
+    a = client.post("/predict", json={"adapter": "tags", "inputs": texts}).json()["predictions"]
+    b = client.post("/predict", json={"adapter": "tags-copy", "inputs": texts}).json()["predictions"]
+    assert a == b and all("labels" in p for p in b)  # multi-label, with the same thresholds
+
+
 def test_multi_label_csv_upload(client):
     csv = b"text,labels\nthe goal and a superb match,positive|sport\na dull film,negative\nthe plot,\n"
     r = client.post("/datasets", files={"file": ("tags.csv", csv)})

@@ -197,3 +197,28 @@ def read_adapter_config(data: bytes) -> dict[str, Any]:
 def imported_hyperparameters(config: dict[str, Any]) -> dict[str, Any]:
     """An imported adapter's hyperparameters, as far as its adapter_config.json tells them."""
     return {ours: config.get(theirs) for ours, theirs in IMPORTED_HYPERPARAMETERS.items()}
+
+
+def multilabel_of(files: dict[str, bytes], n_labels: int) -> dict[str, Any]:
+    """What an imported folder says of a multi-label head: peftserve.json's `multi_label` and `thresholds`, or
+    config.json's problem_type `multi_label_classification` (thresholds 0.5). {} for a single-label head."""
+    meta = _json(files.get(METADATA))
+    if meta.get("multi_label") is True:
+        thresholds = meta.get("thresholds")
+        valid = (
+            isinstance(thresholds, list)
+            and len(thresholds) == n_labels
+            and all(isinstance(t, int | float) and not isinstance(t, bool) and 0 <= t <= 1 for t in thresholds)
+        )
+        return {"multi_label": True, "thresholds": [float(t) for t in thresholds] if valid else [0.5] * n_labels}
+    if _json(files.get("config.json")).get("problem_type") == "multi_label_classification":
+        return {"multi_label": True, "thresholds": [0.5] * n_labels}
+    return {}
+
+
+def _json(data: bytes | None) -> dict[str, Any]:
+    try:
+        value = json.loads(data) if data else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
