@@ -24,17 +24,9 @@ from pathlib import Path
 
 import httpx
 
+from app.base_models.tiny import PROBE_TEXTS as TEXTS  # one word to 180 (cut at 128 tokens)
 from bench.common import AUTH, BENCH_KEY, bench_server
 
-TEXTS = [
-    "good",
-    "awful plot",
-    "it was fine",
-    "the movie was dull and boring",
-    "a great cast and a wonderful story with lovely music and a charming ending",
-    "goal match team score",
-    " ".join(["the film was good and the music was lovely"] * 20),  # 180 words: cut at the model's 128 tokens
-]
 ATOL = 1e-5
 _SPAN = ("started_at", "finished_at")
 

@@ -15,23 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.base_models.tiny import ARCHITECTURES, build_tiny, plain_peft_probs, toy_sentiment
+from app.base_models.tiny import ARCHITECTURES, PROBE_TEXTS, build_tiny, plain_peft_probs, toy_sentiment
 from app.jobs.worker import Worker
 from app.schemas import PredictRequest
 from app.service import PeftServe
 from tests.support import make_settings, submit
 
-LONG = " ".join(["the film was good and the music was lovely"] * 20)  # 180 words: over the tiny models' 128 tokens
-# Texts of different lengths (one word to a dozen, and one over the tiny models' 128 tokens), one padded batch.
-TEXTS = [
-    "good",
-    "awful plot",
-    "it was fine",
-    "the movie was dull and boring",
-    "a great cast and a wonderful story with lovely music and a charming ending",
-    "goal match team score",
-    LONG,
-]
+LONG = PROBE_TEXTS[-1]  # 180 words: over the tiny models' 128 tokens
+TEXTS = PROBE_TEXTS  # one padded batch of one word to a dozen, and one text over the tiny models' 128 tokens
 ATOL = 1e-5
 EPOCHS = 3
 

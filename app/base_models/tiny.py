@@ -99,6 +99,18 @@ def build_llama(path: Path) -> Path:
     return path
 
 
+# Texts to compare answers on: one word to a dozen, and one of 180 words (over a tiny model's 128 tokens).
+PROBE_TEXTS = [
+    "good",
+    "awful plot",
+    "it was fine",
+    "the movie was dull and boring",
+    "a great cast and a wonderful story with lovely music and a charming ending",
+    "goal match team score",
+    " ".join(["the film was good and the music was lovely"] * 20),
+]
+
+
 def toy_sentiment(n: int, seed: int = 0) -> list[dict]:
     """Two labels told apart by a sentiment word among neutral words."""
     rng = random.Random(seed)
