@@ -170,6 +170,15 @@ def test_list_and_cancel_jobs(client):
     assert [j["id"] for j in client.get("/jobs", params={"status": "cancelled"}).json()["data"]] == [ids[0]]
     assert_error(client.post(f"/jobs/{ids[0]}/cancel"), 409)
     assert_error(client.get("/jobs", params={"status": "nope"}), 422, "status")
+    # pause and resume (a queued job pauses at once; a paused one cancels at once)
+    assert client.post(f"/jobs/{ids[1]}/pause").json()["status"] == "paused"
+    assert [j["id"] for j in client.get("/jobs", params={"status": "paused"}).json()["data"]] == [ids[1]]
+    assert_error(client.post(f"/jobs/{ids[1]}/pause"), 409, "job_id")
+    assert client.post(f"/jobs/{ids[1]}/resume").json()["status"] == "queued"
+    assert_error(client.post(f"/jobs/{ids[1]}/resume"), 409, "job_id")
+    assert_error(client.post("/jobs/job_nope/pause"), 404, "job_id")
+    client.post(f"/jobs/{ids[2]}/pause")
+    assert client.post(f"/jobs/{ids[2]}/cancel").json()["status"] == "cancelled"
 
 
 @pytest.mark.parametrize(

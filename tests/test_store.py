@@ -80,6 +80,39 @@ def test_cancel_queued_and_running(store):
         store.request_cancel("job_nope")
 
 
+def test_pause_and_resume(store):
+    queued, running = make(store, 2)
+    store.claim_next("w")  # takes `queued` (the older)
+    # a queued job pauses at once, and is not claimed while paused
+    assert store.request_pause(running.id).status == "paused"
+    assert store.claim_next("w2") is None
+    with pytest.raises(Conflict, match="paused"):
+        store.request_pause(running.id)
+    assert store.resume(running.id).status == "queued"
+    # a running job is told to pause at its next check; the worker then records the pause, freeing itself
+    assert store.request_pause(queued.id).status == "running"
+    assert store.heartbeat(queued.id, "w") == "paused"
+    store.pause(queued.id, "intruder")  # only the owning worker pauses it
+    assert store.get_job(queued.id).status == "running"
+    store.pause(queued.id, "w")
+    paused = store.get_job(queued.id)
+    assert paused.status == "paused" and paused.worker_id is None and paused.attempts == 0  # not an attempt
+    assert store.requeue_stale(0.0, max_attempts=1) == []  # no lease on a paused job
+    assert store.request_cancel(queued.id).status == "cancelled"  # a paused job cancels at once
+    with pytest.raises(Conflict, match="cancelled, not paused"):
+        store.resume(queued.id)
+    # a pause asked and not yet taken is withdrawn by resume
+    again = store.claim_next("w")
+    assert again.id == running.id
+    store.request_pause(running.id)
+    assert store.resume(running.id).status == "running"
+    assert store.heartbeat(running.id, "w") is None
+    with pytest.raises(NotFound):
+        store.request_pause("job_nope")
+    messages = [e.message for e in store.events(running.id)]
+    assert "Paused" in messages and "Pause withdrawn" in messages
+
+
 def test_pagination_and_status_filter(store):
     jobs = make(store, 5)
     page, more = store.list_jobs(limit=2)

@@ -115,6 +115,30 @@ def test_shutdown_returns_the_job_to_the_queue(settings):
     assert (settings.checkpoints_dir / job.id / "checkpoint.pt").exists()  # the next worker resumes from it
 
 
+def test_a_paused_job_checkpoints_frees_its_worker_and_resumes_where_it_stopped(settings):
+    svc = PeftServe(settings)
+    job = submit(svc, "long", toy_sentiment(200), epochs=4, batch_size=4)
+    worker = Worker(settings)
+    t = threading.Thread(target=worker.run, kwargs={"burst": True})
+    t.start()
+    deadline = time.monotonic() + 60
+    while svc.store.get_job(job.id).step < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    svc.store.request_pause(job.id)
+    t.join(30)
+    assert not t.is_alive()  # the worker is free: burst mode found nothing more to do
+    paused = svc.store.get_job(job.id)
+    assert paused.status == "paused" and 3 <= paused.step < paused.total_steps and paused.attempts == 0
+    assert (settings.checkpoints_dir / job.id / "checkpoint.pt").exists()
+    Worker(settings).sweep_checkpoints()
+    assert (settings.checkpoints_dir / job.id / "checkpoint.pt").exists()  # a paused job's checkpoint is kept
+    svc.store.resume(job.id)
+    run_all(settings)
+    done = svc.store.get_job(job.id)
+    assert done.status == "succeeded", done.error_message
+    assert svc.adapters.resolve("long").meta["metrics"]["resumed_from_steps"] == [paused.step]
+
+
 def test_bad_target_modules_fail_the_job_with_a_clear_error(settings):
     svc = PeftServe(settings)
     job = submit(svc, "x", toy_sentiment(20), target_modules=["no_such_module"])

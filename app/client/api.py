@@ -233,6 +233,12 @@ class PeftServeClient:
     def cancel(self, job_id: str) -> dict[str, Any]:
         return self._request("POST", f"/jobs/{job_id}/cancel")
 
+    def pause(self, job_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/jobs/{job_id}/pause")
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/jobs/{job_id}/resume")
+
     def metrics(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"/jobs/{job_id}/metrics")
 

@@ -1,5 +1,5 @@
-"""The client commands of `peftserve`: `submit`, `jobs`, `watch`, `cancel`, `adapters` (`download`), `predict`,
-`evaluate`.
+"""The client commands of `peftserve`: `submit`, `jobs`, `watch`, `cancel`, `pause`, `resume`, `adapters`
+(`download`), `predict`, `evaluate`.
 
 They talk to a server over HTTP through app.client (httpx) and print with rich; nothing heavy (torch, the
 app) is imported, so they start fast. app/cli.py adds them to the `peftserve` command.
@@ -20,7 +20,14 @@ if TYPE_CHECKING:
 
 commands = typer.Typer()
 
-_STATUS_STYLE = {"queued": "cyan", "running": "yellow", "succeeded": "green", "failed": "red", "cancelled": "magenta"}
+_STATUS_STYLE = {
+    "queued": "cyan",
+    "running": "yellow",
+    "paused": "blue",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
 
 
 def _console(stderr: bool = False):
@@ -119,7 +126,7 @@ def submit(
 @commands.command()
 def jobs(
     ctx: typer.Context,
-    status: str | None = typer.Option(None, "--status", "-s", help="queued, running, succeeded, failed, cancelled"),
+    status: str | None = typer.Option(None, "--status", "-s", help="queued, running, paused, succeeded, failed, cancelled"),
     limit: int = typer.Option(20, "--limit", "-n", min=1, help="most jobs to list, newest first"),
 ) -> None:
     """List jobs, newest first."""
@@ -256,6 +263,23 @@ def cancel(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB"))
         job = client.cancel(job_id)
     note = "" if job["status"] == "cancelled" else " (cancellation requested; it stops at its next step)"
     _console().print(f"{job['id']} {_status(job['status'])}{note}")
+
+
+@commands.command()
+def pause(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB")) -> None:
+    """Pause a job: a queued one at once, a running one at its next step (it checkpoints and frees its worker)."""
+    with _client(ctx) as client:
+        job = client.pause(job_id)
+    note = "" if job["status"] == "paused" else " (pause requested; it checkpoints and stops at its next step)"
+    _console().print(f"{job['id']} {_status(job['status'])}{note}")
+
+
+@commands.command()
+def resume(ctx: typer.Context, job_id: str = typer.Argument(..., metavar="JOB")) -> None:
+    """Resume a paused job: it is queued again and continues from its checkpoint."""
+    with _client(ctx) as client:
+        job = client.resume(job_id)
+    _console().print(f"{job['id']} {_status(job['status'])}")
 
 
 adapter_commands = typer.Typer(help="List adapters (no subcommand), download or import one.")

@@ -121,10 +121,10 @@ class JobStore:
             status = JobStatus(job.status)
             if status.terminal:
                 raise Conflict(f"job {job_id} already {status.value}", field="job_id")
-            # A queued job is cancelled here; a running one is stopped by its worker at the next step.
+            # A queued or paused job is cancelled here; a running one is stopped by its worker at the next step.
             done = s.execute(
                 update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.queued.value)
+                .where(Job.id == job_id, Job.status.in_([JobStatus.queued.value, JobStatus.paused.value]))
                 .values(status=JobStatus.cancelled.value, finished_at=utcnow(), cancel_requested=True)
             ).rowcount
             if done:
@@ -133,6 +133,70 @@ class JobStore:
                 s.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
             s.add(JobEvent(job_id=job_id, message="Cancellation requested"))
         return self.get_job(job_id)
+
+    def request_pause(self, job_id: str) -> Job:
+        """A queued job is paused here; a running one by its worker, which checkpoints and frees itself at its
+        next progress check (a pause asked during the final evaluation lets the run finish)."""
+        with self.session() as s:
+            status = self._status(s, job_id)
+            if status.terminal or status is JobStatus.paused:
+                raise Conflict(f"job {job_id} is {status.value}: only a queued or running job pauses", field="job_id")
+            paused = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.queued.value)
+                .values(status=JobStatus.paused.value, pause_requested=False)
+            ).rowcount
+            if not paused:
+                s.execute(update(Job).where(Job.id == job_id).values(pause_requested=True))
+            s.add(JobEvent(job_id=job_id, message="Paused" if paused else "Pause requested"))
+        return self.get_job(job_id)
+
+    def pause(self, job_id: str, worker_id: str) -> None:
+        """The worker stopped the job on request, its checkpoint written: paused, the worker free (the
+        interrupted run does not count as an attempt)."""
+        with self.session() as s:
+            step = s.scalar(select(Job.step).where(_owned(job_id, worker_id)))
+            done = s.execute(
+                update(Job)
+                .where(_owned(job_id, worker_id))
+                .values(
+                    status=JobStatus.paused.value,
+                    worker_id=None,
+                    pause_requested=False,
+                    attempts=Job.attempts - 1,
+                    estimated_finish=None,
+                )
+            ).rowcount
+            if done:
+                s.add(JobEvent(job_id=job_id, message=f"Paused at step {step}; resume continues from its checkpoint"))
+
+    def resume(self, job_id: str) -> Job:
+        """A paused job goes back to the queue (it continues from its checkpoint); a pause asked of a running
+        job and not yet taken is withdrawn."""
+        with self.session() as s:
+            status = self._status(s, job_id)
+            requeued = s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.paused.value)
+                .values(status=JobStatus.queued.value, pause_requested=False)
+            ).rowcount
+            withdrawn = not requeued and s.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status == JobStatus.running.value, Job.pause_requested.is_(True))
+                .values(pause_requested=False)
+            ).rowcount
+            if not (requeued or withdrawn):
+                raise Conflict(f"job {job_id} is {status.value}, not paused", field="job_id")
+            message = "Resumed: queued to continue from its checkpoint" if requeued else "Pause withdrawn"
+            s.add(JobEvent(job_id=job_id, message=message))
+        return self.get_job(job_id)
+
+    @staticmethod
+    def _status(s: Session, job_id: str) -> JobStatus:
+        status = s.scalar(select(Job.status).where(Job.id == job_id))
+        if status is None:
+            raise NotFound(f"no job {job_id!r}", field="job_id")
+        return JobStatus(status)
 
     def claim_next(self, worker_id: str) -> Job | None:
         """Take the oldest queued job. Compare-and-set: a lost race just tries the next one."""
@@ -165,15 +229,15 @@ class JobStore:
 
     def heartbeat(self, job_id: str, worker_id: str, **progress: Any) -> str | None:
         """Renew the lease and record progress. Returns why the job should stop: "lost" (no longer this
-        worker's: requeued after a missed lease), "cancelled", or None."""
+        worker's: requeued after a missed lease), "cancelled", "paused", or None."""
         with self.session() as s:
             owned = s.execute(
                 update(Job).where(_owned(job_id, worker_id)).values(heartbeat_at=utcnow(), **progress)
             ).rowcount
-            cancel = s.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+            cancel, pause = s.execute(select(Job.cancel_requested, Job.pause_requested).where(Job.id == job_id)).one()
         if not owned:
             return "lost"
-        return "cancelled" if cancel else None
+        return "cancelled" if cancel else "paused" if pause else None
 
     def finish(
         self,

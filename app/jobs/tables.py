@@ -37,6 +37,7 @@ class JobStatus(str, enum.Enum):
     succeeded = "succeeded"  # adapter saved; result names its version
     failed = "failed"  # ended with an error the user can read
     cancelled = "cancelled"  # stopped on request; no adapter saved
+    paused = "paused"  # stopped on request with a checkpoint, worker freed; `resume` queues it again
 
     @property
     def terminal(self) -> bool:
@@ -77,6 +78,11 @@ class Job(Base):
     samples_per_second: Mapped[float | None]  # training throughput of the running attempt
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
     init_from: Mapped[str | None] = mapped_column(String(80))  # the adapter version a job continues (name@vN)
+    pause_requested: Mapped[bool | None] = mapped_column(default=False)  # the worker pauses at its next check
+    # The OpenAI face (/v1): the job's `suffix` ("" when none was given; None: a native job, whose adapter name
+    # stands in its model id) and the caller's `metadata` (up to 16 string pairs).
+    suffix: Mapped[str | None] = mapped_column(String(64))
+    user_metadata: Mapped[dict[str, Any] | None]
 
 
 class MetricPoint(Base):

@@ -43,14 +43,15 @@ def worker_id(pid: int | None = None) -> str:
 class Outcome:
     """How one attempt at a job ended."""
 
-    kind: Literal["succeeded", "cancelled", "failed", "shutdown", "lost"]
+    kind: Literal["succeeded", "cancelled", "failed", "shutdown", "paused", "lost"]
     adapter: AdapterVersion | None = None  # succeeded: the version saved
     metrics: dict | None = None  # succeeded: the run's metrics
     error: tuple[str, str] | None = None  # failed: (code, message)
 
     @property
     def ended(self) -> bool:
-        """The job is over (nothing to resume): shutdown requeues it, and a lost job is another worker's now."""
+        """The job is over (nothing to resume): shutdown requeues it, a paused job resumes later from its
+        checkpoint, and a lost job is another worker's now."""
         return self.kind in ("succeeded", "cancelled", "failed")
 
 
@@ -121,7 +122,7 @@ class Worker:
         """Train and commit; every way that can end (done, interrupted, failed) is an Outcome."""
         try:
             return self._train_and_commit(job, reporter, checkpoints)
-        except JobInterrupted as e:  # "cancelled", "lost" (requeued after a missed lease) or "shutdown"
+        except JobInterrupted as e:  # "cancelled", "paused", "lost" (requeued after a missed lease) or "shutdown"
             return Outcome(e.reason)  # type: ignore[arg-type]
         except TrainingError as e:
             self.base = None  # a failed set-up may have left the shared base half-wrapped: reload it next time
@@ -229,6 +230,8 @@ class Worker:
                 finish(job.id, self.id, JobStatus.failed, error=outcome.error, message=f"Failed: {outcome.error[1]}")
             case "shutdown":
                 self.store.requeue(job.id, self.id, "worker shut down; resumes from its checkpoint")
+            case "paused":
+                self.store.pause(job.id, self.id)
             case "lost":  # requeued after a missed lease: another worker has it, and its checkpoint
                 log.warning("job %s is no longer ours; stopping without touching it", job.id)
 

@@ -28,11 +28,14 @@ from app.training.config import Hyperparameters
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.5  # how often progress, metric points and the cancel check go to the Reporter
+# Stop reasons that write a checkpoint first, so the job continues from there: the worker is shutting down, or
+# the job was paused. (Cancelled and lost jobs stop at once: nothing of theirs is resumed by this worker.)
+RESUMABLE_STOPS = ("shutdown", "paused")
 
 
 class Reporter(Protocol):
     def progress(self, step: int, total_steps: int, epoch: float) -> str | None:
-        """Record progress; return a reason ("cancelled", "lost", "shutdown") to stop, else None."""
+        """Record progress; return a reason ("cancelled", "lost", "shutdown", "paused") to stop, else None."""
 
     def metrics(self, points: list[dict]) -> None:
         """Record metric points {kind: train|eval, step, epoch, values}."""
@@ -220,7 +223,7 @@ class TrainingRun:
             state.loss_sum, state.loss_n = state.loss_sum + loss, state.loss_n + 1
             self._log_step(state, lr)
             periodic = self.checkpoints and state.step % self.checkpoints.every_steps == 0 and b + 1 < len(batches)
-            if self.stop_reason == "shutdown" or periodic:  # (an epoch's end checkpoints after its evaluation)
+            if self.stop_reason in RESUMABLE_STOPS or periodic:  # (an epoch's end checkpoints after evaluating)
                 self._checkpoint(state)
             if self.stop_reason:
                 raise JobInterrupted(self.stop_reason)
@@ -263,9 +266,9 @@ class TrainingRun:
         if not stop_early and not last_epoch:  # the next epoch starts from here
             state.epoch, state.batch, state.epoch_rng = epoch + 1, 0, self.rng.bit_generator.state
             self._checkpoint(state)
-        if self.stop_reason and not ((stop_early or last_epoch) and self.stop_reason == "shutdown"):
-            raise JobInterrupted(self.stop_reason)  # cancelled, lost, or shut down between epochs
-        if stop_early:  # (a shutdown during the final evaluation lets the finished run save)
+        if self.stop_reason and not ((stop_early or last_epoch) and self.stop_reason in RESUMABLE_STOPS):
+            raise JobInterrupted(self.stop_reason)  # cancelled, lost, paused or shut down between epochs
+        if stop_early:  # (a shutdown or pause during the final evaluation lets the finished run save)
             self.reporter.event(
                 f"Early stop after epoch {epoch + 1}: no better validation macro-F1 for {state.bad_epochs} epochs",
                 {"best_step": state.best[1] if state.best else None},

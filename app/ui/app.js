@@ -189,7 +189,12 @@ async function jobScreen(id, gen) {
     const [job, m] = await Promise.all([api(`jobs/${id}`), api(`jobs/${id}/metrics`)]);
     if (left(gen)) return;
     const p = job.progress;
-    const cancel = ["queued", "running"].includes(job.status) ? `<button class="secondary" id="cancel">Cancel</button>` : "";
+    const live = ["queued", "running", "paused"].includes(job.status);
+    const cancel = [
+      live ? `<button class="secondary" id="cancel">Cancel</button>` : "",
+      ["queued", "running"].includes(job.status) ? `<button class="secondary" id="pause">Pause</button>` : "",
+      job.status === "paused" ? `<button class="secondary" id="resume">Resume</button>` : "",
+    ].join(" ");
     view.querySelector("#summary").innerHTML = `
       <div class="row" style="align-items:center">
         <div>${badge(job.status)} adapter <b>${esc(job.adapter)}</b> on <b>${esc(job.base_model)}</b></div>
@@ -200,7 +205,9 @@ async function jobScreen(id, gen) {
         · attempts ${job.attempts}${job.estimated_finish ? ` · <span data-eta>ETA ${when(job.estimated_finish)}</span>` : ""}${job.result ? ` · result <a href="#/adapters">${esc(job.result.adapter)}</a>` : ""}</div>
       ${job.error ? `<div class="error">${esc(job.error.code)}: ${esc(job.error.message)}</div>` : ""}
       ${job.result ? `<div>accuracy <b>${fmt(job.result.metrics.accuracy, 3)}</b> · macro-F1 <b>${fmt(job.result.metrics.f1_macro, 3)}</b></div>` : ""}`;
-    view.querySelector("#cancel")?.addEventListener("click", () => api(`jobs/${id}/cancel`, { method: "POST" }).then(render, () => {}));
+    for (const action of ["cancel", "pause", "resume"]) {
+      view.querySelector(`#${action}`)?.addEventListener("click", () => api(`jobs/${id}/${action}`, { method: "POST" }).then(render, () => {}));
+    }
     view.querySelector("#hp").innerHTML = Object.entries(job.hyperparameters)
       .map(([k, v]) => `<tr><td>${esc(k)}</td><td>${esc(Array.isArray(v) ? v.join(", ") : v ?? "default")}</td></tr>`)
       .join("");

@@ -43,6 +43,18 @@ def cancel_job(*, svc: ServiceDep, job_id: str) -> JobPublic:
     return JobPublic.from_job(svc.store.request_cancel(job_id))
 
 
+@router.post("/{job_id}/pause")
+def pause_job(*, svc: ServiceDep, job_id: str) -> JobPublic:
+    """Pause a queued job now, or ask a running one's worker to checkpoint and free itself (`status: paused`)."""
+    return JobPublic.from_job(svc.store.request_pause(job_id))
+
+
+@router.post("/{job_id}/resume")
+def resume_job(*, svc: ServiceDep, job_id: str) -> JobPublic:
+    """Queue a paused job again: it continues from its checkpoint."""
+    return JobPublic.from_job(svc.store.resume(job_id))
+
+
 @router.get("/{job_id}/metrics")
 def job_metrics(*, svc: ServiceDep, job_id: str) -> JobMetrics:
     """Training loss and learning rate per logged step, validation metrics per evaluation."""
