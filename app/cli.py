@@ -1,6 +1,6 @@
 """The `peftserve` command: `serve` (API + its workers) and `worker` (one standalone worker) here, and the
-client commands (`submit`, `jobs`, `watch`, `cancel`, `pause`, `resume`, `adapters`, `predict`, `evaluate`, in app/client/commands.py)
-that talk to a server over HTTP."""
+client commands (`submit`, `jobs`, `watch`, `cancel`, `pause`, `resume`, `adapters`, `predict`, `evaluate`, in
+app/client/commands.py) that talk to a server over HTTP."""
 
 from __future__ import annotations
 

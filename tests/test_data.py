@@ -151,3 +151,71 @@ def test_split_needs_enough_rows():
         check_split_possible(2, 0.1, "validation_split")
     assert e.value.field == "validation_split"
     check_split_possible(3, 0.1, "validation_split")
+
+
+def chat(*turns):
+    return {"messages": [{"role": role, "content": content} for role, content in turns]}
+
+
+def test_openai_chat_rows_become_text_and_label():
+    system = ("system", "Classify the sentiment of the review.")
+    lines = [
+        chat(system, ("user", "a warm, funny film"), ("assistant", "positive")),
+        chat(("user", "dull"), ("assistant", "x"), ("user", "and far too long"), ("assistant", " negative ")),
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "fine"}]},
+                {"role": "assistant", "content": "positive", "weight": 1},
+            ]
+        },
+        {"text": "plain rows mix in", "label": "negative"},
+    ]
+    body = "\n".join(json.dumps(r) for r in lines).encode()
+    out = parse_upload("chat.jsonl", body, LIMITS)
+    # system turns are kept apart (not in the text); user turns joined by newlines; the last message is the label
+    assert out == [
+        {"text": "a warm, funny film", "label": "positive"},
+        {"text": "dull\nand far too long", "label": "negative"},
+        {"text": "fine", "label": "positive"},
+        {"text": "plain rows mix in", "label": "negative"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "needle"),
+    [
+        (chat(("user", "a"), ("user", "b")), "file[1].messages[1]", "last message must be the assistant's"),
+        (chat(("system", "s"), ("assistant", "pos")), "file[1].messages", "at least one user message"),
+        (chat(("user", "a"), ("assistant", " ")), "file[1].messages[1].content", "empty"),
+        (chat(("tool", "a"), ("assistant", "pos")), "file[1].messages[0].role", "role must be one of"),
+        ({"messages": []}, "file[1].messages", "non-empty list"),
+        (
+            {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "p", "tool_calls": []}]},
+            "file[1].messages[1]",
+            "unsupported message key",
+        ),
+        ({**chat(("user", "a"), ("assistant", "p")), "tools": []}, "file[1]", "messages only"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}, {"role": "assistant", "content": "p"}]},
+            "file[1].messages[0].content",
+            "text parts",
+        ),
+    ],
+)
+def test_bad_chat_rows_name_the_line_and_message(row, field, needle):
+    good = chat(("user", "fine"), ("assistant", "positive"))
+    body = (json.dumps(good) + "\n\n" + json.dumps(row) + "\n").encode()
+    with pytest.raises(ValidationFailed) as e:
+        parse_upload("chat.jsonl", body, LIMITS)
+    assert e.value.field == field and needle in e.value.message and "(line 3)" in e.value.message
+
+
+def test_prompt_text_is_the_user_turns_of_a_conversation_ending_with_one():
+    from app.training.chat import prompt_text
+
+    assert prompt_text([{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]) == "hi"
+    with pytest.raises(ValidationFailed, match="last message must be the user's"):
+        prompt_text([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}])
+    with pytest.raises(ValidationFailed) as e:
+        prompt_text("hi")
+    assert e.value.field == "messages"

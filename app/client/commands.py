@@ -126,7 +126,9 @@ def submit(
 @commands.command()
 def jobs(
     ctx: typer.Context,
-    status: str | None = typer.Option(None, "--status", "-s", help="queued, running, paused, succeeded, failed, cancelled"),
+    status: str | None = typer.Option(
+        None, "--status", "-s", help="queued, running, paused, succeeded, failed, cancelled"
+    ),
     limit: int = typer.Option(20, "--limit", "-n", min=1, help="most jobs to list, newest first"),
 ) -> None:
     """List jobs, newest first."""

@@ -180,11 +180,14 @@ class JobStore:
                 .where(Job.id == job_id, Job.status == JobStatus.paused.value)
                 .values(status=JobStatus.queued.value, pause_requested=False)
             ).rowcount
-            withdrawn = not requeued and s.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status == JobStatus.running.value, Job.pause_requested.is_(True))
-                .values(pause_requested=False)
-            ).rowcount
+            withdrawn = (
+                not requeued
+                and s.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.status == JobStatus.running.value, Job.pause_requested.is_(True))
+                    .values(pause_requested=False)
+                ).rowcount
+            )
             if not (requeued or withdrawn):
                 raise Conflict(f"job {job_id} is {status.value}, not paused", field="job_id")
             message = "Resumed: queued to continue from its checkpoint" if requeued else "Pause withdrawn"

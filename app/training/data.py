@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import PayloadTooLarge, ValidationFailed
+from app.training.chat import chat_record, is_chat_row
 
 COLUMNS = ("text", "label", "text_pair")
 CSV_LABELS = "labels"  # a CSV column of multi-label rows: names separated by LABEL_SEPARATOR ("" for none)
@@ -124,6 +125,7 @@ def surrogate_at(value: str) -> int | None:
 
 def parse_upload(filename: str, content: bytes, limits: Limits) -> list[dict]:
     """Parse a JSONL/JSON (stdlib `json`, types as written) or CSV (the `datasets` library) upload and validate it.
+    JSON rows are {text, label, text_pair?} or OpenAI chat rows {messages} (app/training/chat.py).
 
     Errors name the file's row as `file[i]` (0-based record index) and, for JSON lines, the line in the message.
     """
@@ -149,10 +151,15 @@ def parse_upload(filename: str, content: bytes, limits: Limits) -> list[dict]:
     else:
         rows, lines = _json_rows(text)
         objects = [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
-        missing = [c for c in ("text", "label") if objects and not any(c in r for r in objects)]
+        missing = [c for c in ("text", "label") if objects and not any(c in r or is_chat_row(r) for r in objects)]
         if missing:  # a column no record has: say so once, not as row 0's problem
-            raise ValidationFailed(f"no record has {' or '.join(missing)}; each needs text and label", field="file")
+            raise ValidationFailed(
+                f"no record has {' or '.join(missing)}; each needs text and label (or OpenAI chat messages)",
+                field="file",
+            )
     try:
+        if isinstance(rows, list):  # OpenAI chat rows: the user turns are the text, the last message the label
+            rows = [chat_record(r, f"file[{i}]") if is_chat_row(r) else r for i, r in enumerate(rows)]
         return validate_records(rows, "file", limits)
     except ValidationFailed as e:
         m = re.match(r"file\[(\d+)\]", e.field or "")
