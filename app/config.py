@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     checkpoint_steps: int = Field(
         100, ge=1, description="a running job checkpoints every this many steps (and at each epoch's end)"
     )
+    epoch_checkpoints: int = Field(
+        3, ge=0, le=100, description="servable adapters kept per job from its last epochs' ends (0: none)"
+    )
 
     # Input limits
     max_upload_bytes: int = Field(50 * 1024 * 1024, gt=0)
@@ -180,6 +183,10 @@ class Settings(BaseSettings):
     @property
     def checkpoints_dir(self) -> Path:
         return self.data_dir / "checkpoints"
+
+    @property
+    def epoch_checkpoints_dir(self) -> Path:
+        return self.data_dir / "epoch_checkpoints"
 
     @property
     def model_cache_dir(self) -> Path:

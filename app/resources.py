@@ -1,6 +1,6 @@
 """SharedResources: what the API process and every worker process open alike, built once per process.
 
-The job store (SQL), the dataset and adapter stores, the base-model registry, and the device and
+The job store (SQL), the dataset, adapter and epoch-checkpoint stores, the base-model registry, and the device and
 quantization this process runs with. `PeftServe` (the API's core) and `Worker` each hold one.
 """
 
@@ -14,6 +14,7 @@ from app.config import Settings
 from app.jobs.store import JobStore
 from app.stores.adapters import AdapterStore, LocalAdapterStore
 from app.stores.datasets import DatasetStore, LocalDatasetStore
+from app.stores.epochs import EpochStore
 
 
 @dataclass
@@ -22,6 +23,7 @@ class SharedResources:
     store: JobStore
     datasets: DatasetStore
     adapters: AdapterStore
+    epochs: EpochStore  # each job's adapter at its last epochs' ends
     registry: ModelRegistry
     device: str  # "cpu" | "cuda"
     quantization: str  # "none" | "nf4" | "int8"
@@ -36,6 +38,7 @@ class SharedResources:
             store=store,
             datasets=LocalDatasetStore(settings.datasets_dir, store),
             adapters=LocalAdapterStore(settings.adapters_dir),
+            epochs=EpochStore(settings.epoch_checkpoints_dir, settings.epoch_checkpoints),
             registry=ModelRegistry(settings.models, settings.model_cache_dir),
             device=device,
             quantization=resolve_quantization(settings.quantization, device),

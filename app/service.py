@@ -332,9 +332,13 @@ class PeftServe:
         return schemas.AdaptersPublic(data=data, loaded=[schemas.LoadedAdapter(**r) for r in self.engine.loaded()])
 
     def delete_adapter(self, ref: str) -> list[str]:
-        removed = [v.ref for v in self.adapters.delete(ref)]
-        self.engine.unload(removed)
-        return removed
+        """Delete one version or all; with each goes its job's epoch checkpoints (they are that model's too)."""
+        removed = self.adapters.delete(ref)
+        for version in removed:
+            if version.meta.get("job_id"):
+                self.resources.epochs.delete(version.meta["job_id"])
+        self.engine.unload([v.ref for v in removed])
+        return [v.ref for v in removed]
 
     # ---- inference ------------------------------------------------------------------------------
     def predict(self, body: schemas.PredictRequest) -> schemas.PredictResponse:

@@ -139,6 +139,41 @@ def test_a_paused_job_checkpoints_frees_its_worker_and_resumes_where_it_stopped(
     assert svc.adapters.resolve("long").meta["metrics"]["resumed_from_steps"] == [paused.step]
 
 
+def test_each_epoch_keeps_a_servable_adapter_the_newest_few_only(tmp_path, tiny_models):
+    settings = make_settings(tmp_path, tiny_models, epoch_checkpoints=2)
+    svc = PeftServe(settings)
+    rows = toy_sentiment(40)
+    job = submit(svc, "ep", rows, epochs=3, batch_size=8)
+    run_all(settings)
+    assert svc.store.get_job(job.id).status == "succeeded"
+    kept = svc.resources.epochs.list(job.id)
+    assert [v.version for v in kept] == [10, 15]  # the last two epochs' ends (36 rows: 5 steps an epoch)
+    assert [v.meta["epoch"] for v in kept] == [2, 3]
+    figures = kept[-1].meta["metrics"]
+    assert set(figures) == {"train_loss", "valid_loss", "valid_accuracy", "valid_f1_macro"}
+    eval_points = [p for p in svc.store.metrics(job.id) if p.kind == "eval"]
+    assert figures["valid_accuracy"] == round(eval_points[-1].values["accuracy"], 6)
+    # served like any version, by whatever name the caller gives it
+    from dataclasses import replace
+
+    version = replace(kept[0], alias="ep-checkpoint-8")
+    (answered, future), *_ = svc.engine.submit_each([version], ["good film", "awful plot"])
+    assert answered.ref == "ep-checkpoint-8" and future.result().shape == (2, 2)
+    # a cancelled job keeps none
+    cancelled = submit(svc, "gone", rows, epochs=50, batch_size=8)
+    worker = Worker(settings)
+    t = threading.Thread(target=worker.run, kwargs={"burst": True})
+    t.start()
+    deadline = time.monotonic() + 60
+    while not svc.resources.epochs.list(cancelled.id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert svc.resources.epochs.list(cancelled.id)
+    svc.store.request_cancel(cancelled.id)
+    t.join(30)
+    assert svc.store.get_job(cancelled.id).status == "cancelled"
+    assert svc.resources.epochs.list(cancelled.id) == []
+
+
 def test_bad_target_modules_fail_the_job_with_a_clear_error(settings):
     svc = PeftServe(settings)
     job = submit(svc, "x", toy_sentiment(20), target_modules=["no_such_module"])

@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,14 +88,15 @@ class InferenceEngine:
         return self.submit_each([ref], texts, text_pairs)[0]
 
     def submit_each(
-        self, refs: list[str], texts: list[str], text_pairs: list[str | None] | None = None
+        self, refs: Sequence[str | AdapterVersion], texts: list[str], text_pairs: list[str | None] | None = None
     ) -> list[tuple[AdapterVersion, Future]]:
-        """The same texts for each adapter in `refs`, all queued at once (the batch thread waits for a caller
-        on its way in, so they go in one mixed batch where they fit); a future per adapter."""
+        """The same texts for each adapter in `refs` (a ref the adapter store resolves, or a version found
+        elsewhere: an epoch checkpoint), all queued at once (the batch thread waits for a caller on its way in,
+        so they go in one mixed batch where they fit); a future per adapter."""
         if not texts:
             out = []
             for ref in refs:
-                version, done = self.adapters.resolve(ref), Future()
+                version, done = self._resolve(ref), Future()
                 done.set_result(torch.empty(0, len(version.labels)))
                 out.append((version, done))
             return out
@@ -106,7 +107,7 @@ class InferenceEngine:
             # Long requests go in length-sorted slices, so each forward pads little and other callers interleave.
             order = sorted(range(len(texts)), key=lambda i: len(texts[i]) + (len(pairs[i]) if pairs else 0))
             slices = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-            versions = [self.adapters.resolve(ref) for ref in refs]
+            versions = [self._resolve(ref) for ref in refs]
             requests = [
                 [_Request(v, [texts[i] for i in idx], [pairs[i] for i in idx] if pairs else None) for idx in slices]
                 for v in versions
@@ -120,6 +121,9 @@ class InferenceEngine:
         if len(slices) == 1 and slices[0] == list(range(len(texts))):
             return [(v, rs[0].future) for v, rs in zip(versions, requests, strict=True)]
         return [(v, _gather(rs, slices, len(texts), len(v.labels))) for v, rs in zip(versions, requests, strict=True)]
+
+    def _resolve(self, ref: str | AdapterVersion) -> AdapterVersion:
+        return ref if isinstance(ref, AdapterVersion) else self.adapters.resolve(ref)
 
     def preload(self, refs: list[str]) -> None:
         for ref in refs:

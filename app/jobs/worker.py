@@ -16,8 +16,10 @@ import socket
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Literal
 
 from app.base_models.loading import LoadedBase, load_base, resolve_dtype
@@ -143,6 +145,21 @@ class Worker:
         multi_label = is_multilabel(train)
         base = self._base(job.base_model, reporter)
         reporter.event(f"Training {len(train)} examples, validating on {len(val)}; labels {labels}")
+        meta = {
+            "base_model": job.base_model,
+            "labels": labels,
+            "hyperparameters": hp.model_dump(),
+            "job_id": job.id,
+            "quantization": base.quantization,
+            "heads": base.heads,
+            "base_revision": base.revision,
+            "parent": parent.ref if parent else None,
+            **({"multi_label": True, "thresholds": [0.5] * len(labels)} if multi_label else {}),
+        }
+
+        def keep_epoch(step: int, epoch: int, figures: dict, write: Callable[[Path], None]) -> None:
+            self.resources.epochs.save(job.id, step, write, {**meta, "epoch": epoch, "metrics": figures})
+
         staging = self.resources.adapters.staging_dir()
         try:
             result = train_adapter(
@@ -157,21 +174,13 @@ class Worker:
                 checkpoints=checkpoints,
                 init_from=parent.weights if parent else None,
                 multi_label=multi_label,
+                keep_epoch=keep_epoch,
             )
             if not self.store.owns(job.id, self.id):  # lease lost meanwhile: another worker has it
                 return Outcome("lost")
-            meta = {
-                "base_model": job.base_model,
-                "labels": labels,
-                "hyperparameters": hp.model_dump(),
-                "metrics": result.metrics,
-                "job_id": job.id,
-                "quantization": base.quantization,
-                "heads": base.heads,
-                "base_revision": base.revision,
-                "parent": parent.ref if parent else None,
-                **({"multi_label": True, "thresholds": result.thresholds} if multi_label else {}),
-            }
+            meta["metrics"] = result.metrics
+            if multi_label:
+                meta["thresholds"] = result.thresholds
             return Outcome(
                 "succeeded", adapter=self.resources.adapters.commit(staging, job.adapter, meta), metrics=meta["metrics"]
             )
@@ -225,9 +234,11 @@ class Worker:
                 )
             case "cancelled":
                 finish(job.id, self.id, JobStatus.cancelled, message="Cancelled")
+                self.resources.epochs.delete(job.id)
             case "failed":
                 assert outcome.error is not None
                 finish(job.id, self.id, JobStatus.failed, error=outcome.error, message=f"Failed: {outcome.error[1]}")
+                self.resources.epochs.delete(job.id)
             case "shutdown":
                 self.store.requeue(job.id, self.id, "worker shut down; resumes from its checkpoint")
             case "paused":

@@ -63,10 +63,11 @@ class AdapterVersion:
     version: int
     path: Path
     meta: dict[str, Any]
+    alias: str | None = None  # the name it is served by when not `name@vN` (an epoch checkpoint's model id)
 
     @property
     def ref(self) -> str:
-        return f"{self.name}@v{self.version}"
+        return self.alias or f"{self.name}@v{self.version}"
 
     @property
     def weights(self) -> Path:

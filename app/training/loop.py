@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,6 +46,10 @@ class Reporter(Protocol):
     def rewind(self, step: int) -> None:
         """Forget metric points after `step` (a run resuming from a checkpoint there; 0: starting over).
         Called only when training with checkpoints."""
+
+
+# Told at each epoch's end: (step, epoch, figures, write), where write(folder) saves the adapter as it stands.
+EpochSink = Callable[[int, int, dict[str, float], Callable[[Path], None]], None]
 
 
 @dataclass
@@ -92,9 +97,12 @@ class TrainingRun:
         reporter: Reporter,
         checkpoints: Checkpoints | None = None,
         multi_label: bool = False,
+        keep_epoch: EpochSink | None = None,
     ):
         self.base, self.model, self.labels, self.hp, self.reporter = base, model, labels, hp, reporter
-        self.checkpoints, self.multi_label = checkpoints, multi_label
+        self.checkpoints, self.multi_label, self.keep_epoch = checkpoints, multi_label, keep_epoch
+        self.last_eval: dict[str, Any] = {}  # the latest validation figures
+        self.last_loss: float | None = None  # the latest logged training loss
         self.thresholds = [0.5] * len(labels)  # multi-label decisions (tuned at the end on request)
         self.autocast = base.model.dtype == torch.bfloat16 or (base.device == "cuda" and base.quantization != "none")
         self.pad_id = base.tokenizer.pad_token_id or 0
@@ -249,7 +257,7 @@ class TrainingRun:
                 {"kind": "train", "step": step, "epoch": round(step / self.steps_per_epoch, 4), "values": values}
             )
             state.loss_total += float(state.loss_sum)
-            state.loss_sum, state.loss_n = 0.0, 0
+            state.loss_sum, state.loss_n, self.last_loss = 0.0, 0, values["loss"]
         self._flush(step, step / self.steps_per_epoch)
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -263,6 +271,7 @@ class TrainingRun:
         run is over (early stop)."""
         last_epoch = epoch + 1 == self.hp.epochs
         stop_early = self.val is not None and self._evaluate_epoch(state, epoch) and not last_epoch
+        self._keep_epoch(state, epoch)
         if not stop_early and not last_epoch:  # the next epoch starts from here
             state.epoch, state.batch, state.epoch_rng = epoch + 1, 0, self.rng.bit_generator.state
             self._checkpoint(state)
@@ -279,7 +288,7 @@ class TrainingRun:
     def _evaluate_epoch(self, state: RunState, epoch: int) -> bool:
         """Evaluate on the validation set and keep the best weights; True when patience has run out."""
         assert self.val is not None
-        values = self.evaluate(self.val)
+        values = self.last_eval = self.evaluate(self.val)
         self.pending.append({"kind": "eval", "step": state.step, "epoch": float(epoch + 1), "values": values})
         if state.best is None or values["f1_macro"] > state.best[0]:
             state.best, state.bad_epochs = (values["f1_macro"], state.step, values, self._weights()), 0
@@ -288,6 +297,18 @@ class TrainingRun:
         self._flush(state.step, epoch + 1.0, force=True)
         patience = self.hp.early_stopping_patience
         return bool(patience and state.bad_epochs >= patience)
+
+    def _keep_epoch(self, state: RunState, epoch: int) -> None:
+        """Hand the epoch's adapter (as it stands, not the best so far) and its figures to `keep_epoch`."""
+        if self.keep_epoch is None:
+            return
+        pending = float(state.loss_sum) / state.loss_n if state.loss_n else None  # steps since the last point
+        figures = {"train_loss": pending if pending is not None else self.last_loss}
+        ev = self.last_eval if self.val is not None else {}
+        accuracy = ev.get("subset_accuracy") if self.multi_label else ev.get("accuracy")
+        figures.update(valid_loss=ev.get("loss"), valid_accuracy=accuracy, valid_f1_macro=ev.get("f1_macro"))
+        rounded = {k: round(v, 6) for k, v in figures.items() if v is not None}
+        self.keep_epoch(state.step, epoch + 1, rounded, lambda folder: self.model.save_pretrained(str(folder)))
 
     @torch.no_grad()
     def evaluate(self, data: Encoded) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from app.base_models.loading import LoadedBase, new_head
 from app.errors import TrainingError
 from app.training.checkpoint import Checkpoints
 from app.training.config import Hyperparameters
-from app.training.loop import Reporter, TrainingRun, TrainResult
+from app.training.loop import EpochSink, Reporter, TrainingRun, TrainResult
 
 
 def train_adapter(
@@ -31,6 +31,7 @@ def train_adapter(
     checkpoints: Checkpoints | None = None,
     init_from: Path | None = None,
     multi_label: bool = False,
+    keep_epoch: EpochSink | None = None,
 ) -> TrainResult:
     _seed(hp.seed)
     new_head(base, labels, hp.seed, multi_label)
@@ -39,7 +40,7 @@ def train_adapter(
     try:
         if init_from is not None:
             _load_parent(model, init_from)
-        run = TrainingRun(base, model, labels, hp, reporter, checkpoints, multi_label)
+        run = TrainingRun(base, model, labels, hp, reporter, checkpoints, multi_label, keep_epoch)
         return run.run(train_rows, val_rows, out_dir)
     finally:
         # Take LoRA layers and the head wrapper off again: the shared base is clean for the next job.
