@@ -12,9 +12,11 @@ from app.api import errors
 from app.api.auth import KeyRing
 from app.api.deps import method_access, use_access
 from app.api.routes import adapters, datasets, health, inference, jobs, metrics, ui
+from app.api.routes.v1 import chat, files, fine_tuning, models
 from app.config import Settings, get_settings
 from app.jobs.pool import WorkerPool
 from app.jobs.webhooks import WebhookDispatcher
+from app.openai_compat.schemas import V1_ERROR_RESPONSES
 from app.schemas import ERROR_RESPONSES, JobPublic
 from app.service import PeftServe
 
@@ -59,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.keys = keys
     errors.install(app)
-    uploads = ("/datasets", "/adapters")  # multipart bodies: refused by Content-Length before they are spooled
+    uploads = ("/datasets", "/adapters", "/v1/files")  # multipart: refused by Content-Length before spooling
     app.add_middleware(errors.UploadLimit, paths=uploads, max_bytes=settings.max_upload_bytes)
     app.include_router(health.router)  # open: liveness for load balancers
     ui.install(app)  # open: the static dashboard at /ui/ (it sends the user's key on each API call)
@@ -67,4 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, dependencies=[Depends(method_access)], responses=ERROR_RESPONSES)
     for module in (inference, metrics):  # any key: predict, evaluate, scrape
         app.include_router(module.router, dependencies=[Depends(use_access)], responses=ERROR_RESPONSES)
+    # The OpenAI-compatible face (/v1): the same keys and scopes, OpenAI's error envelope.
+    for module in (files, fine_tuning, models):
+        app.include_router(module.router, dependencies=[Depends(method_access)], responses=V1_ERROR_RESPONSES)
+    app.include_router(chat.router, dependencies=[Depends(use_access)], responses=V1_ERROR_RESPONSES)
     return app

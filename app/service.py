@@ -141,8 +141,9 @@ class PeftServe:
         return data.uploaded or self.datasets.save(data.records or [])
 
     # ---- jobs ---------------------------------------------------------------------------------
-    def submit_job(self, body: schemas.JobCreate) -> Job:
-        """Check everything first, then store the inline records and queue: a refused job stores nothing."""
+    def submit_job(self, body: schemas.JobCreate, **openai: Any) -> Job:
+        """Check everything first, then store the inline records and queue: a refused job stores nothing.
+        `openai`: what a /v1 job carries beside (suffix, user_metadata)."""
         self._check_target(body)
         train = self._data(body.train, "train.")
         validation = self._data(body.validation, "validation.", min_labels=1) if body.validation else None
@@ -167,6 +168,7 @@ class PeftServe:
             validation_dataset=self._stored(validation).id if validation is not None else None,
             validation_split=0.0 if validation is not None else body.validation_split,
             webhook_url=str(body.webhook_url) if body.webhook_url else None,
+            **openai,
         )
 
     def _check_target(self, body: schemas.JobCreate) -> None:

@@ -1,4 +1,7 @@
-"""One error envelope for every 4xx/5xx: {"error": {"code", "message", "field"}}."""
+"""The error envelope of every 4xx/5xx, one per face of the API: the native routes answer
+`{"error": {"code", "message", "field"}}`; the OpenAI-compatible routes under /v1 answer OpenAI's
+`{"error": {"message", "type", "param", "code"}}` with its status codes (a bad value is a 400 there, not a 422),
+so the official SDK raises its own error classes. Handlers pick the envelope by the request's path."""
 
 from __future__ import annotations
 
@@ -24,6 +27,34 @@ def envelope(
     )
 
 
+OPENAI_PREFIX = "/v1/"
+# OpenAI's error `type` by status (4xx not listed: invalid_request_error), and its `code` for ours where it has one.
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+_OPENAI_CODES = {"unauthorized": "invalid_api_key", "forbidden": "insufficient_permissions"}
+
+
+def openai_envelope(
+    status: int, code: str, message: str, param: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """OpenAI's error body. `x-should-retry: false` on a 4xx: the SDK would otherwise retry a 409 twice."""
+    status = 400 if status == 422 else status
+    kind = "server_error" if status >= 500 else _OPENAI_TYPES.get(status, "invalid_request_error")
+    headers = {**(headers or {}), "x-should-retry": "true" if status >= 500 else "false"}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    body = {"error": {"message": message, "type": kind, "param": param, "code": _OPENAI_CODES.get(code, code)}}
+    return JSONResponse(status_code=status, content=body, headers=headers)
+
+
+def error_response(
+    path: str, status: int, code: str, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The error in the envelope of the face `path` belongs to."""
+    if path.startswith(OPENAI_PREFIX):
+        return openai_envelope(status, code, message, field, headers)
+    return envelope(status, code, message, field, headers)
+
+
 # pydantic puts a union member's type in the location ("str", "list[str]", "function-after[...]", a model
 # class name); it means nothing to a caller, so it is left out of `field`.
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none", "bytes"}
@@ -47,11 +78,11 @@ def _loc_to_field(loc: tuple, error_type: str = "") -> str | None:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(PeftServeError)
-    async def _domain(_: Request, exc: PeftServeError) -> JSONResponse:
-        return envelope(exc.status_code, exc.code, exc.message, exc.field)
+    async def _domain(request: Request, exc: PeftServeError) -> JSONResponse:
+        return error_response(request.url.path, exc.status_code, exc.code, exc.message, exc.field)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         # For a union (`str | list[str]`) each member reports; the deepest location is the useful one.
         first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {"loc": (), "msg": "invalid request"}
@@ -59,13 +90,15 @@ def install(app: FastAPI) -> None:
         msg = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             msg, field = f"body is not valid JSON: {first.get('ctx', {}).get('error', msg)}", "body"
+        elif first.get("type") == "extra_forbidden":
+            msg = "unknown parameter (not part of this API)"
         extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        return envelope(422, "invalid_request", f"{field or 'request'}: {msg}{extra}", field)
+        return error_response(request.url.path, 422, "invalid_request", f"{field or 'request'}: {msg}{extra}", field)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:  # FastAPI could not parse the body at all
-            return envelope(422, "invalid_request", f"body: {exc.detail}", "body")
+            return error_response(request.url.path, 422, "invalid_request", f"body: {exc.detail}", "body")
         code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(exc.status_code, "error")
         message, field = str(exc.detail), None
         if exc.status_code == 404 and exc.detail == "Not Found":  # no route: the path itself is what is wrong
@@ -74,12 +107,13 @@ def install(app: FastAPI) -> None:
         elif exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
             message, field = f"{request.method} is not allowed on {request.url.path!r}; allowed: {allowed}", "method"
-        return envelope(exc.status_code, code, message, field, headers=dict(exc.headers or {}))  # e.g. Allow
+        headers = dict(exc.headers or {})  # e.g. Allow
+        return error_response(request.url.path, exc.status_code, code, message, field, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return envelope(500, "internal_error", "internal server error")
+        return error_response(request.url.path, 500, "internal_error", "internal server error")
 
 
 class UploadLimit:
@@ -94,8 +128,12 @@ class UploadLimit:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
             length = dict(scope["headers"]).get(b"content-length", b"")
             if length.isdigit() and int(length) > self.limit:
-                response = envelope(
-                    413, "payload_too_large", f"upload is over the limit of {self.max_bytes} bytes", "file"
+                response = error_response(
+                    scope["path"],
+                    413,
+                    "payload_too_large",
+                    f"upload is over the limit of {self.max_bytes} bytes",
+                    "file",
                 )
                 await response(scope, receive, send)
                 return

@@ -282,12 +282,15 @@ class InferenceEngine:
 
     @staticmethod
     def _encode(base: LoadedBase, items: list[tuple[_Request, Resident]]) -> tuple[list[Features], list[int]]:
-        """Every row tokenized once (unpadded, at most the length its adapter trained on), and its slot."""
+        """Every row tokenized once (unpadded, at most the length its adapter trained on), and its slot. Each
+        request's future learns how many tokens its rows came to (`future.n_tokens`: what a caller bills)."""
         rows: list[Features] = []
         slots: list[int] = []
         for r, res in items:
             wanted = int(r.version.meta.get("hyperparameters", {}).get("max_length", 512))
-            rows += tokenize(base.tokenizer, r.texts, r.pairs, base.max_tokens(wanted))
+            encoded = tokenize(base.tokenizer, r.texts, r.pairs, base.max_tokens(wanted))
+            r.future.n_tokens = sum(len(f["input_ids"]) for f in encoded)  # type: ignore[attr-defined]
+            rows += encoded
             slots += [res.slot] * len(r.texts)
         return rows, slots
 

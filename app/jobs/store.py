@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import create_engine, delete, event, func, inspect, select, text, update
@@ -25,6 +25,23 @@ from app.jobs.tables import Base, DatasetRow, Job, JobEvent, JobStatus, MetricPo
 def _owned(job_id: str, worker_id: str) -> Any:
     """The job is running on this worker: the guard of everything a worker writes about its job."""
     return (Job.id == job_id) & (Job.worker_id == worker_id) & (Job.status == JobStatus.running.value)
+
+
+def _order(at: Any, key: Any, ascending: bool) -> tuple[Any, Any]:
+    return (at.asc(), key.asc()) if ascending else (at.desc(), key.desc())
+
+
+# Where a page starts: the last row's time and, when it is a row of the same table, its id (ties broken by id);
+# an anchor from another table (a merged listing) has no id there, and the page starts strictly after its time.
+Anchor = tuple[datetime, str | None]
+
+
+def _beyond(at: Any, key: Any, anchor: Anchor, ascending: bool) -> Any:
+    """Keyset paging: the rows after the anchor (`at`, then `key`) in the listing's order."""
+    anchor_at, anchor_key = anchor
+    if ascending:
+        return (at > anchor_at) | ((at == anchor_at) & (key > anchor_key)) if anchor_key else at > anchor_at
+    return (at < anchor_at) | ((at == anchor_at) & (key < anchor_key)) if anchor_key else at < anchor_at
 
 
 def make_engine(url: str) -> Engine:
@@ -365,6 +382,15 @@ class JobStore:
         with self.session() as s:
             s.add(JobEvent(job_id=job_id, level=level, type=type, message=message, data=data))
 
+    def latest_events(self, job_id: str, before: int | None, limit: int) -> list[JobEvent]:
+        """The job's events newest first, those with an id below `before` if given."""
+        self.get_job(job_id)
+        q = select(JobEvent).where(JobEvent.job_id == job_id)
+        if before is not None:
+            q = q.where(JobEvent.id < before)
+        with self.session() as s:
+            return list(s.scalars(q.order_by(JobEvent.id.desc()).limit(limit)))
+
     def events(self, job_id: str, after: int = 0, limit: int = 100) -> list[JobEvent]:
         self.get_job(job_id)
         with self.session() as s:
@@ -389,6 +415,50 @@ class JobStore:
             return row
         except IntegrityError:
             return self.get_dataset(row.id)
+
+    def page_datasets(self, after: Anchor | None, limit: int, ascending: bool = False) -> list[DatasetRow]:
+        """Up to `limit` datasets after the anchor (a time, and an id breaking ties), newest first (or oldest)."""
+        q = select(DatasetRow).order_by(*_order(DatasetRow.created_at, DatasetRow.id, ascending))
+        if after is not None:
+            q = q.where(_beyond(DatasetRow.created_at, DatasetRow.id, after, ascending))
+        with self.session() as s:
+            return list(s.scalars(q.limit(limit)))
+
+    def page_succeeded(self, after: Anchor | None, limit: int, ascending: bool = False) -> list[Job]:
+        """Up to `limit` succeeded jobs after the anchor, by when they finished, newest first (or oldest)."""
+        q = select(Job).where(Job.status == JobStatus.succeeded.value)
+        q = q.order_by(*_order(Job.finished_at, Job.id, ascending))
+        if after is not None:
+            q = q.where(_beyond(Job.finished_at, Job.id, after, ascending))
+        with self.session() as s:
+            return list(s.scalars(q.limit(limit)))
+
+    def delete_dataset(self, dataset_id: str) -> DatasetRow:
+        """Forget a dataset's row; refused (409) while a queued, running or paused job trains or validates on
+        it. The caller removes the file."""
+        live = [JobStatus.queued.value, JobStatus.running.value, JobStatus.paused.value]
+        with self.session() as s:
+            row = s.get(DatasetRow, dataset_id)
+            if row is None:
+                raise NotFound(f"no dataset {dataset_id!r}", field="dataset_id")
+            user = s.scalar(
+                select(Job.id)
+                .where(Job.status.in_(live))
+                .where((Job.train_dataset == dataset_id) | (Job.validation_dataset == dataset_id))
+                .limit(1)
+            )
+            if user is not None:
+                raise Conflict(
+                    f"dataset {dataset_id} is in use by job {user}; delete it once that job ends", "dataset_id"
+                )
+            s.delete(row)
+        return row
+
+    def jobs_by_id(self, ids: list[str]) -> dict[str, Job]:
+        if not ids:
+            return {}
+        with self.session() as s:
+            return {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(ids)))}
 
     def get_dataset(self, dataset_id: str, field: str = "dataset") -> DatasetRow:
         with self.session() as s:

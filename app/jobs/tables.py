@@ -139,4 +139,5 @@ class DatasetRow(Base):
     labels: Mapped[dict[str, Any]]  # rows per label (multi-label: rows holding it)
     multi_label: Mapped[bool | None]  # labels are lists (None: stored before multi-label; single)
     sha256: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    size_bytes: Mapped[int | None]  # the stored JSONL's size (None: stored before it was recorded)

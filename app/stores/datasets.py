@@ -2,7 +2,7 @@
 same id), with a row in the job store (size, label counts) that the API reads without touching the file.
 
 `DatasetStore` is the interface; `LocalDatasetStore` keeps the files in a folder. Another backend (an object
-store) implements `_put` and `_read` only: ids, rows and lookups are the same for every backend.
+store) implements `_put`, `_read` and `_remove` only: ids, rows and lookups are the same for every backend.
 """
 
 from __future__ import annotations
@@ -39,16 +39,28 @@ class DatasetStore(ABC):
             labels=dict(sorted(counts.items())),
             multi_label=is_multilabel(rows),
             sha256=digest,
+            size_bytes=len(body),
         )
         return self.store.add_dataset(row)
+
+    def delete(self, dataset_id: str) -> DatasetRow:
+        """Remove a dataset no live job uses (409 otherwise): its row, then its file."""
+        row = self.store.delete_dataset(_checked_id(dataset_id))
+        self._remove(dataset_id)
+        return row
+
+    def content(self, dataset_id: str) -> bytes:
+        """The stored rows as canonical JSON lines (one {text, label[, text_pair]} object a line)."""
+        body = self._read(_checked_id(dataset_id))
+        if body is None:
+            raise NotFound(f"dataset {dataset_id!r} has no file in the store", field="dataset")
+        return body
 
     def get(self, dataset_id: str, field: str = "dataset") -> DatasetRow:
         return self.store.get_dataset(dataset_id, field=field)
 
     def load(self, dataset_id: str) -> list[dict]:
-        body = self._read(_checked_id(dataset_id))
-        if body is None:
-            raise NotFound(f"dataset {dataset_id!r} has no file in the store", field="dataset")
+        body = self.content(dataset_id)
         return [json.loads(line) for line in body.decode("utf-8").split("\n") if line.strip()]
 
     @abstractmethod
@@ -58,6 +70,10 @@ class DatasetStore(ABC):
     @abstractmethod
     def _read(self, dataset_id: str) -> bytes | None:
         """The content, or None if there is none."""
+
+    @abstractmethod
+    def _remove(self, dataset_id: str) -> None:
+        """Remove the content if there is any."""
 
 
 def _checked_id(dataset_id: str) -> str:
@@ -87,3 +103,6 @@ class LocalDatasetStore(DatasetStore):
             return (self.root / f"{dataset_id}.jsonl").read_bytes()
         except FileNotFoundError:
             return None
+
+    def _remove(self, dataset_id: str) -> None:
+        (self.root / f"{dataset_id}.jsonl").unlink(missing_ok=True)
