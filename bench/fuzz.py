@@ -55,6 +55,7 @@ class State:
     adapter: str
     dataset: str
     jobs: list[str]
+    model: str = ""  # the trained adapter's /v1 model id
 
 
 @dataclass
@@ -161,7 +162,8 @@ def prepare(root: Path) -> tuple[Any, State]:
         assert c.get(f"/jobs/{trained.json()['id']}").json()["status"] == "succeeded"
         queued = c.post("/jobs", json={**body, "adapter": "later", "hyperparameters": HP})
         assert queued.status_code == 202, queued.text
-    return settings, State("sent", ds.json()["id"], [trained.json()["id"], queued.json()["id"]])
+    job_id = trained.json()["id"]
+    return settings, State("sent", ds.json()["id"], [job_id, queued.json()["id"]], f"ft:tiny-bert:sent:{job_id}")
 
 
 def _steer(case: schemathesis.Case, state: State, choice: int) -> None:
@@ -179,6 +181,13 @@ def _steer(case: schemathesis.Case, state: State, choice: int) -> None:
         params["job_id"] = state.jobs[0 if case.path.endswith("/events") else choice % len(state.jobs)]
     if "dataset_id" in params:
         params["dataset_id"] = state.dataset
+    # the OpenAI face (/v1): the same job, dataset and adapter by their /v1 names
+    if "fine_tuning_job_id" in params:
+        params["fine_tuning_job_id"] = state.jobs[0 if case.path.endswith(("/events", "/checkpoints")) else choice % 2]
+    if "file_id" in params:
+        params["file_id"] = state.dataset
+    if "model" in params:
+        params["model"] = [state.model, "tiny-bert", f"{state.adapter}@v1"][choice - 1]
     body = case.body
     if isinstance(body, dict):
         if "adapter" in body and case.path in ("/predict", "/evaluate"):
@@ -187,6 +196,10 @@ def _steer(case: schemathesis.Case, state: State, choice: int) -> None:
             body["dataset"] = state.dataset
         if "base_model" in body:
             body["base_model"] = "tiny-bert"
+        if case.path == "/v1/chat/completions":
+            body["model"] = state.model
+        if "training_file" in body:
+            body["training_file"], body["model"] = state.dataset, "tiny-bert"
 
 
 def _run_operation(

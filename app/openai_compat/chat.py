@@ -35,6 +35,10 @@ class Pending:
 def submit(svc: PeftServe, body: oa.ChatCompletionCreate) -> Pending:
     """Check the request, find the model's adapter, queue the text; the caller awaits `future`."""
     _check_options(body)
+    if body.model in svc.registry.sources:
+        raise ValidationFailed(
+            f"{body.model!r} is a base model without a trained head: chat with a fine-tuned model (ft:...)", "model"
+        )
     version = resolve(svc, body.model)
     multi = bool(version.meta.get("multi_label"))
     if multi and (body.logprobs or (body.temperature or 0) > 0):
