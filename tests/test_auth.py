@@ -28,8 +28,13 @@ def client(settings):
 def assert_auth_error(r, status: int) -> None:
     assert r.status_code == status, r.text
     err = r.json()["error"]
-    assert err["code"] == ("unauthorized" if status == 401 else "forbidden")
-    assert err["field"] == "Authorization" and err["message"]
+    if r.request.url.path.startswith("/v1/"):  # the OpenAI face: OpenAI's envelope, its codes
+        assert err["code"] == ("invalid_api_key" if status == 401 else "insufficient_permissions")
+        assert err["type"] == ("authentication_error" if status == 401 else "permission_error")
+        assert err["param"] == "Authorization" and err["message"]
+    else:
+        assert err["code"] == ("unauthorized" if status == 401 else "forbidden")
+        assert err["field"] == "Authorization" and err["message"]
     if status == 401:
         assert r.headers["www-authenticate"] == "Bearer"
 
@@ -38,7 +43,7 @@ def assert_auth_error(r, status: int) -> None:
 OPEN = {"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/ui"}
 # A plausible value for each path parameter (any other name gets "x").
 PATH_VALUES = {"job_id": "job_x", "dataset_id": "ds_x", "name": "x"}
-ANY_KEY = {"/predict", "/evaluate"}  # changes by method, but any key may call these
+ANY_KEY = {"/predict", "/evaluate", "/v1/chat/completions"}  # changes by method, but any key may call these
 
 
 def app_routes() -> list[tuple[str, str]]:
