@@ -296,6 +296,17 @@ def test_watch_follows_a_job_until_it_is_cancelled_and_exits_1(live):
             while c.job(job_id)["progress"]["step"] < 2:
                 assert time.monotonic() < deadline and watcher.poll() is None
                 time.sleep(0.1)
+        # pause (it checkpoints and frees its worker) and resume, while the watcher follows
+        r = invoke(live, "pause", job_id)
+        assert r.exit_code == 0 and job_id in r.output and "pause requested" in r.output, r.output
+        with PeftServeClient(live.url, ADMIN_KEY) as c:
+            deadline = time.monotonic() + 60
+            while c.job(job_id)["status"] != "paused":
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        r = invoke(live, "resume", job_id)
+        assert r.exit_code == 0 and f"{job_id} queued" in r.output, r.output
+        assert invoke(live, "resume", job_id).exit_code == 1  # not paused any more: the server's 409, in red
         r = invoke(live, "cancel", job_id)
         assert r.exit_code == 0 and job_id in r.output and "cancel" in r.output
         out, err = watcher.communicate(timeout=60)
@@ -304,6 +315,7 @@ def test_watch_follows_a_job_until_it_is_cancelled_and_exits_1(live):
             watcher.kill()
     assert watcher.returncode == 1, out + err
     assert f"{job_id} cancelled" in out and "Cancellation requested" in out
+    assert "Paused at step" in out and "Resumed: queued" in out
     assert "step " in out  # it showed progress before the cancel
 
     r = invoke(live, "cancel", job_id)  # already ended: the server's 409, as an error line

@@ -99,6 +99,13 @@ def test_dashboard_jobs_charts_live_updates_and_try_it(tmp_path, tiny_models, br
             assert "running" in page.inner_text("#summary") and page.locator("#hp td").count() > 0
             page.wait_for_selector("#summary [data-eta]", timeout=30_000)  # estimated_finish, from the step time
             page.screenshot(path=str(ARTIFACTS / "ui-job.png"), full_page=True)
+            # Pause it from the page (it checkpoints and frees its worker), then resume it.
+            page.click("#summary #pause")
+            page.wait_for_selector("#summary .badge.paused", timeout=30_000)
+            assert page.locator("#summary #resume").count() == 1 and page.locator("#summary #pause").count() == 0
+            page.click("#summary #resume")
+            page.wait_for_selector("#summary .badge.running", timeout=30_000)
+            assert wait_job(c, running["id"], until=("running",))["status"] == "running"
 
             # Jobs table, adapters list, try it, evaluate.
             page.goto(f"{srv.url}/ui/#/adapters")
