@@ -174,6 +174,23 @@ def test_each_epoch_keeps_a_servable_adapter_the_newest_few_only(tmp_path, tiny_
     assert svc.resources.epochs.list(cancelled.id) == []
 
 
+def test_the_sweep_removes_epoch_checkpoints_of_jobs_that_ended_without_a_worker(settings):
+    svc = PeftServe(settings)
+    kept, cancelled = submit(svc, "a", toy_sentiment(20)), submit(svc, "b", toy_sentiment(20))
+
+    def write(folder):
+        (folder / "adapter_config.json").write_text("{}")
+        (folder / "adapter_model.safetensors").write_bytes(b"x")
+
+    for job in (kept, cancelled):
+        svc.resources.epochs.save(job.id, 5, write, {"epoch": 1})
+    svc.store.request_pause(cancelled.id)
+    svc.store.request_cancel(cancelled.id)  # a paused job cancels with no worker involved
+    Worker(settings).sweep_checkpoints()
+    assert [v.version for v in svc.resources.epochs.list(kept.id)] == [5]  # a live job keeps its own
+    assert svc.resources.epochs.list(cancelled.id) == [] and svc.resources.epochs.job_ids() == [kept.id]
+
+
 def test_bad_target_modules_fail_the_job_with_a_clear_error(settings):
     svc = PeftServe(settings)
     job = submit(svc, "x", toy_sentiment(20), target_modules=["no_such_module"])

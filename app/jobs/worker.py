@@ -98,15 +98,23 @@ class Worker:
         return done
 
     def sweep_checkpoints(self) -> None:
-        """Remove the checkpoints of jobs that ended without a worker (cancelled while queued, failed after
-        lost workers) or no longer exist."""
+        """Remove the checkpoints of jobs that ended without a worker (cancelled while queued or paused, failed
+        after lost workers) or no longer exist; and the epoch checkpoints of jobs that did not succeed."""
         for folder in self.settings.checkpoints_dir.glob("job_*"):
-            try:
-                ended = JobStatus(self.store.get_job(folder.name).status).terminal
-            except NotFound:
-                ended = True
-            if ended:
+            status = self._status(folder.name)
+            if status is None or status.terminal:
                 Checkpoints(folder, 1).clear()
+        epochs = self.resources.epochs
+        for job_id in epochs.job_ids():
+            status = self._status(job_id)
+            if status is None or status in (JobStatus.cancelled, JobStatus.failed):
+                epochs.delete(job_id)
+
+    def _status(self, job_id: str) -> JobStatus | None:
+        try:
+            return JobStatus(self.store.get_job(job_id).status)
+        except NotFound:
+            return None
 
     def process(self, job: Job) -> None:
         """One claimed job: do it, then record how it ended."""

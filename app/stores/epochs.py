@@ -71,6 +71,10 @@ class EpochStore:
     def get(self, job_id: str, step: int) -> AdapterVersion | None:
         return next((v for v in self.list(job_id) if v.version == step), None)
 
+    def job_ids(self) -> list[str]:
+        """Every job with a folder here."""
+        return sorted(p.name for p in self.root.glob("job_*") if p.is_dir())
+
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self._folder(job_id), ignore_errors=True)
 
