@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from importlib.metadata import version as pkg_version
@@ -352,7 +353,7 @@ class PeftServe:
         if body.adapter is None:
             raise ValidationFailed("give the adapter to predict with (or adapters, a list)", field="adapter")
         texts = self._inputs(body)
-        return self._queue([body.adapter], texts, body.text_pairs)[0]
+        return self.queue([body.adapter], texts, body.text_pairs)[0]
 
     def submit_predict_each(self, body: schemas.PredictRequest) -> list[tuple[AdapterVersion, Future]]:
         """`adapters`: every adapter's prediction on the same inputs, all queued before any is waited on, so the
@@ -370,9 +371,12 @@ class PeftServe:
             )
         for i, name in enumerate(names):  # every one known before any is queued
             self.adapters.resolve(name, field=f"adapters[{i}]")
-        return self._queue(names, texts, body.text_pairs)
+        return self.queue(names, texts, body.text_pairs)
 
-    def _queue(self, refs: list[str], texts: list[str], pairs: list[str] | None) -> list[tuple[AdapterVersion, Future]]:
+    def queue(
+        self, refs: Sequence[str | AdapterVersion], texts: list[str], pairs: list[str] | None = None
+    ) -> list[tuple[AdapterVersion, Future]]:
+        """Texts for each adapter on the engine's queue (timed for GET /metrics); a future per adapter."""
         started = time.perf_counter()
         queued = self.engine.submit_each(refs, texts, pairs)
         for _, future in queued:

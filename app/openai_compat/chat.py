@@ -50,7 +50,7 @@ def submit(svc: PeftServe, body: oa.ChatCompletionCreate) -> Pending:
         raise ValidationFailed(
             f"the user turns hold {len(text)} characters, over {svc.settings.max_text_chars}", "messages"
         )
-    ((version, future),) = svc.engine.submit_each([version], [text])
+    ((version, future),) = svc.queue([version], [text])
     return Pending(body, version, future)
 
 
