@@ -2,6 +2,7 @@ import threading
 import time
 
 import pytest
+import sqlalchemy
 
 from app.errors import Conflict, NotFound
 from app.jobs.store import JobStore
@@ -9,8 +10,8 @@ from app.jobs.tables import JobStatus
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+def store(store_url):
+    s = JobStore(store_url)
     yield s
     s.close()
 
@@ -29,9 +30,8 @@ def make(store, n=1):
     ]
 
 
-def test_claims_are_exclusive_across_processes_worth_of_connections(tmp_path):
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
-    stores = [JobStore(url) for _ in range(4)]
+def test_claims_are_exclusive_across_processes_worth_of_connections(store_url):
+    stores = [JobStore(store_url) for _ in range(4)]
     ids = {j.id for j in make(stores[0], 30)}
     claimed: list[str] = []
     lock = threading.Lock()
@@ -152,31 +152,98 @@ def test_a_dead_workers_jobs_are_released_at_once(store):
     assert store.get_job(a.id).error_code == "worker_lost"  # second loss at max_attempts=2: failed
 
 
-def test_an_older_database_gets_the_new_columns(tmp_path):
-    from sqlalchemy import text
+def legacy_database(url: str, drop: tuple[str, ...] = ()) -> None:
+    """A database as a release before migrations left it: the baseline tables (less `drop`, the columns an
+    older release lacked), no alembic_version, and a job with a metric point and an event."""
+    from sqlalchemy import create_engine, insert
+
+    from app.jobs.baseline import BASELINE
+    from app.jobs.tables import utcnow
+
+    engine = create_engine(url)
+    BASELINE.create_all(engine)
+    with engine.begin() as conn:
+        for column in drop:
+            conn.execute(sqlalchemy.text(f"ALTER TABLE jobs DROP COLUMN {column}"))
+    meta = sqlalchemy.MetaData()
+    meta.reflect(engine)
+    with engine.begin() as conn:
+        values = dict(
+            id="job_old",
+            status="succeeded",
+            adapter="a",
+            base_model="tiny-bert",
+            hyperparameters={"epochs": 1},
+            train_dataset="ds_x",
+            validation_split=0.1,
+            created_at=utcnow(),
+            step=5,
+            total_steps=5,
+            epoch=1.0,
+            cancel_requested=False,
+            attempts=1,
+            result_adapter="a@v1",
+        )
+        conn.execute(insert(meta.tables["jobs"]).values(**values))
+        conn.execute(
+            insert(meta.tables["metric_points"]).values(
+                job_id="job_old", kind="train", step=5, epoch=1.0, values={"loss": 0.5}, created_at=utcnow()
+            )
+        )
+        conn.execute(
+            insert(meta.tables["job_events"]).values(
+                job_id="job_old", created_at=utcnow(), level="info", type="message", message="Saved adapter a@v1"
+            )
+        )
+    engine.dispose()
+
+
+@pytest.mark.parametrize("drop", [(), ("webhook_url", "estimated_finish", "samples_per_second", "init_from")])
+def test_a_database_from_before_migrations_is_upgraded_keeping_every_row(tmp_path, drop):
+    from app.jobs.migrate import current, head
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    s = JobStore(url)
-    with s.engine.begin() as conn:  # what a database of the first release lacks
-        for column in ("webhook_url", "estimated_finish", "samples_per_second"):
-            conn.execute(text(f"ALTER TABLE jobs DROP COLUMN {column}"))
-    s.close()
-    again = JobStore(url)
-    job = again.create_job(
-        adapter="a",
+    legacy_database(url, drop)
+    store = JobStore(url)
+    assert current(store.engine) == head()
+    old = store.get_job("job_old")
+    assert old.status == "succeeded" and old.result_adapter == "a@v1" and old.pause_requested is None
+    assert [p.values for p in store.metrics("job_old")] == [{"loss": 0.5}]
+    assert [e.message for e in store.events("job_old")] == ["Saved adapter a@v1"]
+    job = store.create_job(
+        adapter="b",
         base_model="tiny-bert",
         hyperparameters={},
         train_dataset="ds_x",
         validation_dataset=None,
         validation_split=0.1,
         webhook_url="http://127.0.0.1:9/x",
+        suffix="s",
+        user_metadata={"k": "v"},
     )
-    assert again.get_job(job.id).webhook_url == "http://127.0.0.1:9/x"
-    again.close()
+    again = store.get_job(job.id)
+    assert again.webhook_url == "http://127.0.0.1:9/x" and again.user_metadata == {"k": "v"}
+    store.close()
+    assert current(JobStore(url).engine) == head()  # opening it again changes nothing
 
 
-def test_metrics_and_events_persist(tmp_path):
-    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+def test_the_migrations_arrive_at_the_schema_the_models_define(tmp_path):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from app.jobs.tables import Base
+
+    url = f"sqlite:///{tmp_path / 'migrated.db'}"
+    legacy_database(url)  # from the baseline through every migration, not create_all
+    JobStore(url).close()
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == [], diff
+
+
+def test_metrics_and_events_persist(store_url):
+    url = store_url
     s = JobStore(url)
     (job,) = make(s, 1)
     s.add_metrics(job.id, [{"kind": "train", "step": 1, "epoch": 0.5, "values": {"loss": 0.7}}])

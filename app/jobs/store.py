@@ -1,6 +1,7 @@
 """The job store: every job, metric point, event and dataset record, in one SQL database (SQLAlchemy 2).
 
-SQLite (WAL) by default; any SQLAlchemy URL works. Claiming is a compare-and-set UPDATE, so two
+SQLite (WAL) by default, PostgreSQL by URL (`postgresql+psycopg://…`); the schema is kept by Alembic migrations
+(app/jobs/migrate.py). Claiming is a compare-and-set UPDATE (after FOR UPDATE SKIP LOCKED on PostgreSQL), so two
 workers never take the same job on any backend.
 """
 
@@ -12,14 +13,15 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, func, inspect, select, text, update
+from sqlalchemy import create_engine, delete, event, func, select, update
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import Conflict, NotFound, ValidationFailed
+from app.jobs.migrate import migrate
 from app.jobs.outbox import owe_webhook
-from app.jobs.tables import Base, DatasetRow, Job, JobEvent, JobStatus, MetricPoint, utcnow
+from app.jobs.tables import DatasetRow, Job, JobEvent, JobStatus, MetricPoint, utcnow
 
 
 def _owned(job_id: str, worker_id: str) -> Any:
@@ -64,29 +66,8 @@ def make_engine(url: str) -> Engine:
 class JobStore:
     def __init__(self, url: str):
         self.engine = make_engine(url)
-        try:
-            Base.metadata.create_all(self.engine)
-        except OperationalError:  # another process created the tables between our check and our CREATE
-            Base.metadata.create_all(self.engine)
-        self._add_new_columns()
+        migrate(self.engine)  # the schema at the newest revision (Alembic; one process at a time)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-
-    def _add_new_columns(self) -> None:
-        """A database made by an older release lacks the nullable columns added since: add them in place."""
-        found = inspect(self.engine)
-        for table in Base.metadata.sorted_tables:
-            have = {c["name"] for c in found.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in have and column.nullable:
-                    kind = column.type.compile(dialect=self.engine.dialect)
-                    quote = self.engine.dialect.identifier_preparer.quote
-                    try:
-                        with self.engine.begin() as conn:
-                            conn.execute(
-                                text(f"ALTER TABLE {quote(table.name)} ADD COLUMN {quote(column.name)} {kind}")
-                            )
-                    except (OperationalError, ProgrammingError):  # another process added it first
-                        pass
 
     def close(self) -> None:
         self.engine.dispose()
@@ -219,12 +200,13 @@ class JobStore:
         return JobStatus(status)
 
     def claim_next(self, worker_id: str) -> Job | None:
-        """Take the oldest queued job. Compare-and-set: a lost race just tries the next one."""
+        """Take the oldest queued job. On PostgreSQL the row is locked with FOR UPDATE SKIP LOCKED, so workers on
+        any number of hosts each take another; on every backend the UPDATE is a compare-and-set, so a lost race
+        just tries the next one."""
+        oldest = select(Job.id).where(Job.status == JobStatus.queued.value).order_by(Job.created_at, Job.id).limit(1)
         for _ in range(20):
             with self.session() as s:
-                job_id = s.scalar(
-                    select(Job.id).where(Job.status == JobStatus.queued.value).order_by(Job.created_at, Job.id).limit(1)
-                )
+                job_id = s.scalar(oldest.with_for_update(skip_locked=True))
                 if job_id is None:
                     return None
                 now = utcnow()
