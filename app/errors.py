@@ -53,6 +53,13 @@ class PayloadTooLarge(PeftServeError):
     code = "payload_too_large"
 
 
+class StoreUnavailable(PeftServeError):
+    """The job database did not answer (restarting, unreachable) within the retry budget."""
+
+    status_code = 503
+    code = "unavailable"
+
+
 class TrainingError(Exception):
     """A job failed for a reason worth telling the user (stored as the job's error)."""
 

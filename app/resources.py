@@ -29,9 +29,11 @@ class SharedResources:
     quantization: str  # "none" | "nf4" | "int8"
 
     @classmethod
-    def open(cls, settings: Settings) -> SharedResources:
+    def open(cls, settings: Settings, store_retry_seconds: float = 2.0) -> SharedResources:
+        """`store_retry_seconds`: how long a job-store call waits out a database that is away (the API: a
+        moment, then 503; a worker: its lease)."""
         settings.ensure_dirs()
-        store = JobStore(settings.db_url)
+        store = JobStore(settings.db_url, retry_seconds=store_retry_seconds)
         device = pick_device(settings.device)
         return cls(
             settings=settings,

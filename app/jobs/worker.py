@@ -59,7 +59,8 @@ class Outcome:
 
 class Worker:
     def __init__(self, settings: Settings, parent_pid: int | None = None):
-        self.resources = SharedResources.open(settings)
+        # A database restart is waited out for as long as the lease lasts (after that, others requeue the job).
+        self.resources = SharedResources.open(settings, store_retry_seconds=settings.lease_seconds)
         self.settings, self.store = settings, self.resources.store
         self.id = worker_id()
         self.base: LoadedBase | None = None  # kept between jobs on the same base

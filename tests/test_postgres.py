@@ -1,0 +1,114 @@
+"""The job store on a real PostgreSQL (a throwaway cluster on loopback, tests/postgres.py): standalone worker
+processes sharing the queue take every job exactly once, and a database restart mid-training is ridden out by
+workers and the API alike (the API answering 503 in its envelope while the database is down)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.base_models.tiny import toy_sentiment
+from app.jobs.tables import JobStatus
+from app.service import PeftServe
+from tests.support import ADMIN_HEADERS, make_settings, submit, tiny_server, tiny_server_env
+
+pytestmark = pytest.mark.e2e
+
+
+def start_workers(n: int, env: dict[str, str], cwd: Path, burst: bool) -> list[subprocess.Popen]:
+    cmd = [sys.executable, "-m", "app.cli", "worker", "--log-level", "warning", *(["--burst"] if burst else [])]
+    return [
+        subprocess.Popen(cmd, env=env, cwd=cwd, stdout=open(cwd / f"worker{i}.log", "w"), stderr=subprocess.STDOUT)
+        for i in range(n)
+    ]
+
+
+def shared_env(tiny_models: dict, settings, url: str) -> dict[str, str]:
+    """What every process of the deployment is given: the database, the same state folders, the tiny models."""
+    import os
+
+    return {
+        **os.environ,
+        **tiny_server_env(tiny_models, workers=0),
+        "PEFTSERVE_DATABASE_URL": url,
+        "PEFTSERVE_DATA_DIR": str(settings.data_dir),
+        "PEFTSERVE_ADAPTERS_DIR": str(settings.adapters_dir),
+        "PEFTSERVE_HEARTBEAT_INTERVAL": "0.5",
+    }
+
+
+def started_on(svc: PeftServe, job_id: str) -> list[str]:
+    return [e.message for e in svc.store.events(job_id, limit=500) if e.message.startswith("Started on worker")]
+
+
+def test_three_standalone_workers_take_twelve_jobs_each_exactly_once(tmp_path, tiny_models, postgres):
+    url = postgres.new_database()
+    settings = make_settings(tmp_path, tiny_models, database_url=url)
+    svc = PeftServe(settings)
+    jobs = [submit(svc, "shared", toy_sentiment(24, seed=i), epochs=2, batch_size=8) for i in range(12)]
+    workers = start_workers(3, shared_env(tiny_models, settings, url), tmp_path, burst=True)
+    for w in workers:
+        assert w.wait(timeout=600) == 0, (tmp_path / "worker0.log").read_text()[-3000:]
+    done = [svc.store.get_job(j.id) for j in jobs]
+    assert [j.status for j in done] == ["succeeded"] * 12, [(j.error_code, j.error_message) for j in done]
+    assert all(j.attempts == 1 and len(started_on(svc, j.id)) == 1 for j in done)  # each job trained once
+    assert len({j.worker_id for j in done}) >= 2  # the queue was shared
+    versions = svc.adapters.versions("shared")
+    assert [v.version for v in versions] == list(range(1, 13))  # every version written once
+    assert sorted(v.meta["job_id"] for v in versions) == sorted(j.id for j in jobs)
+    assert sorted(j.result_adapter for j in done) == sorted(v.ref for v in versions)
+    svc.close()
+
+
+def test_a_database_restart_mid_training_loses_no_job_and_the_api_answers_503_meanwhile(
+    tmp_path, tiny_models, postgres
+):
+    url = postgres.new_database()
+    settings = make_settings(tmp_path, tiny_models, database_url=url)
+    svc = PeftServe(settings)
+    jobs = [submit(svc, f"r{i}", toy_sentiment(200, seed=i), epochs=4, batch_size=4) for i in range(3)]
+    env = shared_env(tiny_models, settings, url)
+    workers = start_workers(3, env, tmp_path, burst=False)
+    api = tiny_server(tmp_path / "api", tiny_models, workers=0)
+    api.env.update({k: env[k] for k in ("PEFTSERVE_DATABASE_URL", "PEFTSERVE_DATA_DIR", "PEFTSERVE_ADAPTERS_DIR")})
+    (tmp_path / "api").mkdir()
+    api.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not all(svc.store.get_job(j.id).step >= 3 for j in jobs):  # all three training
+            assert time.monotonic() < deadline, [svc.store.get_job(j.id).status for j in jobs]
+            time.sleep(0.2)
+        postgres.pg_ctl("stop", "-m", "fast")  # every connection cut, mid-training
+        try:
+            r = httpx.get(f"{api.url}/jobs/{jobs[0].id}", headers=ADMIN_HEADERS, timeout=30)
+            assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable", r.text
+            r = httpx.get(f"{api.url}/v1/fine_tuning/jobs", headers=ADMIN_HEADERS, timeout=30)
+            assert r.status_code == 503 and r.json()["error"]["type"] == "server_error", r.text
+            time.sleep(3)  # the workers wait it out, retrying
+        finally:
+            postgres.pg_ctl("start")
+        with httpx.Client(base_url=api.url, headers=ADMIN_HEADERS, timeout=30) as c:
+            deadline = time.monotonic() + 300
+            while True:
+                states = [c.get(f"/jobs/{j.id}").json() for j in jobs]  # the API reconnects by itself
+                if all(s["status"] in ("succeeded", "failed", "cancelled") for s in states):
+                    break
+                assert time.monotonic() < deadline, [(s["status"], s["progress"]) for s in states]
+                time.sleep(0.5)
+        assert [s["status"] for s in states] == ["succeeded"] * 3, [s["error"] for s in states]
+        assert all(s["attempts"] == 1 for s in states)  # none lost, requeued or trained twice
+        assert all(len(started_on(svc, j.id)) == 1 for j in jobs)
+        assert [svc.adapters.resolve(f"r{i}").ref for i in range(3)] == ["r0@v1", "r1@v1", "r2@v1"]
+        assert svc.store.count_by_status()[JobStatus.succeeded.value] == 3
+    finally:
+        api.stop()
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait(timeout=60)
+        svc.close()
