@@ -27,10 +27,13 @@ def settings(tmp_path: Path, tiny_models: dict[str, Path]):
 
 @pytest.fixture(scope="session")
 def postgres():
-    """A throwaway PostgreSQL cluster on loopback for the session (tests/postgres.py)."""
-    from tests.postgres import start_or_skip
+    """A throwaway PostgreSQL cluster on loopback for the session (app/jobs/local_postgres.py)."""
+    pytest.importorskip("psycopg", reason="psycopg is a dev dependency: make install")
+    from app.jobs.local_postgres import start
 
-    server = start_or_skip()
+    server = start()
+    if server is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
     yield server
     server.stop()
 

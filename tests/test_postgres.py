@@ -1,4 +1,4 @@
-"""The job store on a real PostgreSQL (a throwaway cluster on loopback, tests/postgres.py): standalone worker
+"""The job store on a real PostgreSQL (a throwaway cluster on loopback, app/jobs/local_postgres.py): standalone worker
 processes sharing the queue take every job exactly once, and a database restart mid-training is ridden out by
 workers and the API alike (the API answering 503 in its envelope while the database is down)."""
 

@@ -1,6 +1,7 @@
 """A throwaway PostgreSQL cluster on loopback, from Debian's packages (`.ci/run` installs them): initdb into a
 temporary folder (as the `postgres` user when we are root: the server refuses to run as root), `pg_ctl start`,
-a fresh database per test, and `restart()` for the outage tests. Skips where no PostgreSQL is installed."""
+a fresh database per use, stop/start for outage tests. The harness of the tests and of bench/store_scale.py;
+never used by the server itself."""
 
 from __future__ import annotations
 
@@ -10,8 +11,6 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-
-import pytest
 
 from app.client.local import free_port
 
@@ -77,9 +76,7 @@ class Postgres:
         return self.url(name)
 
 
-def start_or_skip() -> Postgres:
+def start() -> Postgres | None:
+    """A running throwaway cluster, or None where PostgreSQL is not installed."""
     bin_dir = pg_bin()
-    if bin_dir is None:
-        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
-    pytest.importorskip("psycopg", reason="psycopg is a dev dependency: make install")
-    return Postgres(bin_dir).start()
+    return Postgres(bin_dir).start() if bin_dir is not None else None
