@@ -64,7 +64,13 @@ class Settings(BaseSettings):
     webhook_timeout: float = Field(10.0, gt=0, le=120, description="seconds a receiver has to answer")
 
     # Workers
-    workers: int = Field(1, ge=0, le=64, description="worker processes that `peftserve serve` starts")
+    workers: int = Field(1, ge=0, le=64, description="training workers that `peftserve serve` starts")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where those workers run: local processes, or long-lived Ray actors (pip '.[ray]')"
+    )
+    ray_address: str | None = Field(
+        None, description="the Ray cluster to join (e.g. ray://head:10001 or auto); unset: a local Ray on demand"
+    )
     poll_interval: float = Field(0.5, gt=0, le=60)
     heartbeat_interval: float = Field(5.0, gt=0)
     lease_seconds: float = Field(60.0, gt=0, description="a running job whose heartbeat is older is requeued")
@@ -147,7 +153,7 @@ class Settings(BaseSettings):
                 raise ValueError("a whsec_ webhook secret must be base64 after the prefix") from None
         return v
 
-    @field_validator("database_url")
+    @field_validator("database_url", "ray_address")
     @classmethod
     def _no_empty_url(cls, v: str | None) -> str | None:
         return v or None

@@ -14,7 +14,7 @@ from app.api.deps import method_access, use_access
 from app.api.routes import adapters, datasets, health, inference, jobs, metrics, ui
 from app.api.routes.v1 import chat, files, fine_tuning, models
 from app.config import Settings, get_settings
-from app.jobs.pool import WorkerPool
+from app.jobs.ray_executor import make_executor
 from app.jobs.webhooks import WebhookDispatcher
 from app.openai_compat.schemas import V1_ERROR_RESPONSES
 from app.schemas import ERROR_RESPONSES, JobPublic
@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.service = service
         if settings.preload_adapters:
             await run_in_threadpool(service.engine.preload, settings.preload_adapters)
-        pool = WorkerPool(settings, settings.workers, service.store)
+        pool = make_executor(settings, service.store)  # local worker processes, or Ray actors
         if settings.workers:
             pool.start()
         webhooks = WebhookDispatcher(
