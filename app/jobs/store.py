@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, func, select, update
+from sqlalchemy import create_engine, delete, event, func, select, tuple_, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -46,9 +46,14 @@ Anchor = tuple[datetime, str | None]
 def _beyond(at: Any, key: Any, anchor: Anchor, ascending: bool) -> Any:
     """Keyset paging: the rows after the anchor (`at`, then `key`) in the listing's order."""
     anchor_at, anchor_key = anchor
-    if ascending:
-        return (at > anchor_at) | ((at == anchor_at) & (key > anchor_key)) if anchor_key else at > anchor_at
-    return (at < anchor_at) | ((at == anchor_at) & (key < anchor_key)) if anchor_key else at < anchor_at
+    if not anchor_key:
+        return at > anchor_at if ascending else at < anchor_at
+    # A row-value comparison: the database walks a (time, id) index from the anchor.
+    return (
+        tuple_(at, key) > tuple_(anchor_at, anchor_key)
+        if ascending
+        else tuple_(at, key) < tuple_(anchor_at, anchor_key)
+    )
 
 
 def make_engine(url: str) -> Engine:
@@ -156,10 +161,7 @@ class JobStore:
                 anchor = s.get(Job, after)
                 if anchor is None:
                     raise ValidationFailed(f"no job {after!r} to page after", field="after")
-                q = q.where(
-                    (Job.created_at < anchor.created_at)
-                    | ((Job.created_at == anchor.created_at) & (Job.id < anchor.id))
-                )
+                q = q.where(_beyond(Job.created_at, Job.id, (anchor.created_at, anchor.id), ascending=False))
             rows = list(s.scalars(q.limit(limit + 1)))
         return rows[:limit], len(rows) > limit
 

@@ -50,16 +50,21 @@ class Base(DeclarativeBase):
 
 class Job(Base):
     __tablename__ = "jobs"
+    __table_args__ = (
+        # Keyset pages newest first (GET /jobs), by status too (?status=, and the claim of the oldest queued job).
+        Index("ix_jobs_created_id", "created_at", "id"),
+        Index("ix_jobs_status_created_id", "status", "created_at", "id"),
+    )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    status: Mapped[str] = mapped_column(String(16), index=True, default=JobStatus.queued.value)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.queued.value)
     adapter: Mapped[str] = mapped_column(String(64))
     base_model: Mapped[str] = mapped_column(String(64))
     hyperparameters: Mapped[dict[str, Any]]
     train_dataset: Mapped[str] = mapped_column(String(40))
     validation_dataset: Mapped[str | None] = mapped_column(String(40))
     validation_split: Mapped[float]
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     step: Mapped[int] = mapped_column(default=0)
