@@ -7,26 +7,21 @@ workers never take the same job on any backend.
 
 from __future__ import annotations
 
-import functools
-import logging
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import create_engine, delete, event, func, select, tuple_, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy import delete, func, select, tuple_, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import Conflict, NotFound, StoreUnavailable, ValidationFailed
+from app.errors import Conflict, NotFound, ValidationFailed
+from app.jobs.database import every_call_resilient, make_engine
 from app.jobs.migrate import migrate
 from app.jobs.outbox import owe_webhook
 from app.jobs.tables import DatasetRow, Job, JobEvent, JobStatus, MetricPoint, utcnow
-
-log = logging.getLogger(__name__)
 
 
 def _owned(job_id: str, worker_id: str) -> Any:
@@ -56,65 +51,7 @@ def _beyond(at: Any, key: Any, anchor: Anchor, ascending: bool) -> Any:
     )
 
 
-def make_engine(url: str) -> Engine:
-    if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA foreign_keys=ON")
-            cur.close()
-
-        return engine
-    return create_engine(url, pool_pre_ping=True)
-
-
-def _transient(error: DBAPIError, dialect: str) -> bool:
-    """A database that is away for a moment (restarting, a dropped connection; SQLite: locked past its busy
-    timeout), as opposed to a query it refuses."""
-    if isinstance(error, InterfaceError) or error.connection_invalidated:
-        return True
-    if isinstance(error, OperationalError):
-        return dialect != "sqlite" or "locked" in str(error.orig)
-    return False
-
-
-def _resilient(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Retry a store call while the database is away, with doubling pauses, for the store's `retry_seconds`;
-    then StoreUnavailable (a 503 on the API)."""
-
-    @functools.wraps(method)
-    def call(self: JobStore, *args: Any, **kwargs: Any) -> Any:
-        deadline, pause = time.monotonic() + self.retry_seconds, 0.1
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except DBAPIError as e:
-                if not _transient(e, self.engine.dialect.name):
-                    raise
-                if time.monotonic() + pause > deadline:
-                    raise StoreUnavailable("the job database is unavailable; try again shortly") from e
-                log.warning(
-                    "job store: %s failed (%s); retrying in %.1f s", method.__name__, type(e.orig).__name__, pause
-                )
-                time.sleep(pause)
-                pause = min(pause * 2, 5.0)
-
-    return call
-
-
-def _every_call_resilient(cls: type) -> type:
-    for name, value in list(vars(cls).items()):
-        if callable(value) and not name.startswith("_") and name not in ("session", "close"):
-            setattr(cls, name, _resilient(value))
-    return cls
-
-
-@_every_call_resilient
+@every_call_resilient
 class JobStore:
     """Every public call rides out a database that is away for a moment (a restart, a dropped connection):
     the pool pings a connection before use, and a call is retried with back-off for `retry_seconds` (workers

@@ -154,17 +154,7 @@ class Worker:
         multi_label = is_multilabel(train)
         base = self._base(job.base_model, reporter)
         reporter.event(f"Training {len(train)} examples, validating on {len(val)}; labels {labels}")
-        meta = {
-            "base_model": job.base_model,
-            "labels": labels,
-            "hyperparameters": hp.model_dump(),
-            "job_id": job.id,
-            "quantization": base.quantization,
-            "heads": base.heads,
-            "base_revision": base.revision,
-            "parent": parent.ref if parent else None,
-            **({"multi_label": True, "thresholds": [0.5] * len(labels)} if multi_label else {}),
-        }
+        meta = _adapter_meta(job, hp, labels, base, parent, multi_label)
 
         def keep_epoch(step: int, epoch: int, figures: dict, write: Callable[[Path], None]) -> None:
             self.resources.epochs.save(job.id, step, write, {**meta, "epoch": epoch, "metrics": figures})
@@ -254,6 +244,23 @@ class Worker:
                 self.store.pause(job.id, self.id)
             case "lost":  # requeued after a missed lease: another worker has it, and its checkpoint
                 log.warning("job %s is no longer ours; stopping without touching it", job.id)
+
+
+def _adapter_meta(
+    job: Job, hp: Hyperparameters, labels: list[str], base: LoadedBase, parent: AdapterVersion | None, multi: bool
+) -> dict:
+    """What a saved adapter (and each epoch checkpoint) records beside its weights; metrics come at the end."""
+    return {
+        "base_model": job.base_model,
+        "labels": labels,
+        "hyperparameters": hp.model_dump(),
+        "job_id": job.id,
+        "quantization": base.quantization,
+        "heads": base.heads,
+        "base_revision": base.revision,
+        "parent": parent.ref if parent else None,
+        **({"multi_label": True, "thresholds": [0.5] * len(labels)} if multi else {}),
+    }
 
 
 class _Heartbeat(threading.Thread):
