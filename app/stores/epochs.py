@@ -9,6 +9,7 @@ job are kept; a job's are removed with it (cancelled, failed, or its adapter del
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import uuid
@@ -19,6 +20,7 @@ from typing import Any
 
 from app.stores.adapters import CONFIG, METADATA, WEIGHTS, AdapterVersion, sha256_file
 
+log = logging.getLogger(__name__)
 STEP_RE = re.compile(r"^step-([0-9]{1,9})$")
 
 
@@ -46,7 +48,10 @@ class EpochStore:
                 "created_at": datetime.now(timezone.utc).isoformat(),
             }
             (staging / METADATA).write_text(json.dumps(meta, indent=2, sort_keys=True))
-            staging.rename(target)
+            try:
+                staging.rename(target)
+            except OSError:  # another attempt at the same job (a worker that lost its lease) published it first
+                log.info("epoch checkpoint %s exists already", target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         for old in self.list(job_id)[: -self.keep]:
