@@ -219,9 +219,10 @@ def test_models_list_retrieve_delete(client, trained):
     # a model of its own to delete
     chat_file = client.files.list(purpose="fine-tune").data[0].id
     job = client.fine_tuning.jobs.create(
-        model="tiny-bert", training_file=chat_file, suffix="doomed", hyperparameters=FAST
+        model="tiny-bert", training_file=chat_file, suffix="doomed", hyperparameters={**FAST, "n_epochs": 1}
     )
     doomed = wait(client, job.id)
+    assert len(client.fine_tuning.jobs.checkpoints.list(doomed.id).data) == 1
     assert client.models.delete(doomed.fine_tuned_model).deleted is True
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve(doomed.fine_tuned_model)

@@ -194,6 +194,9 @@ def test_chat_refuses_what_a_classifier_cannot_honour(client):
         ask(one, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]), 400, "messages"
     )
     assert_openai_error(ask(one, top_logprobs=2), 400, "top_logprobs")
+    lone = json.dumps({"model": one, "messages": [{"role": "user", "content": "a\ud800b"}]})  # JSON's escape
+    r = client.post("/v1/chat/completions", content=lone, headers={"content-type": "application/json"})
+    assert_openai_error(r, 400, "messages[0].content")
     assert_openai_error(ask(one, response_format={"type": "json_object"}), 400, "response_format")
     assert_openai_error(ask(one, temperature=3), 400, "temperature")
     # sampling is seeded

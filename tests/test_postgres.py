@@ -71,7 +71,7 @@ def test_a_database_restart_mid_training_loses_no_job_and_the_api_answers_503_me
     url = postgres.new_database()
     settings = make_settings(tmp_path, tiny_models, database_url=url)
     svc = PeftServe(settings)
-    jobs = [submit(svc, f"r{i}", toy_sentiment(200, seed=i), epochs=4, batch_size=4) for i in range(3)]
+    jobs = [submit(svc, f"r{i}", toy_sentiment(120, seed=i), epochs=3, batch_size=4) for i in range(3)]
     env = shared_env(tiny_models, settings, url)
     workers = start_workers(3, env, tmp_path, burst=False)
     api = tiny_server(tmp_path / "api", tiny_models, workers=0)

@@ -55,7 +55,7 @@ def test_jobs_train_on_ray_actors_cancel_and_a_killed_actors_job_resumes(cluster
     try:
         assert len(executor.ids) == 1 and ":" in executor.ids[0]  # the actor's host:pid
         quick = submit(svc, "quick", toy_sentiment(40), epochs=2)
-        long = submit(svc, "long", toy_sentiment(400), epochs=3, batch_size=4)
+        long = submit(svc, "long", toy_sentiment(200), epochs=2, batch_size=4)
         assert wait(svc, quick.id, lambda j: j.status == "succeeded").attempts == 1
         assert svc.adapters.resolve("quick").meta["job_id"] == quick.id
 

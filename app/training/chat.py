@@ -85,4 +85,8 @@ def _content(message: dict, field: str) -> str:
         raise ValidationFailed(f"content must be a string, got {type(content).__name__}", field=field)
     if not content.strip():
         raise ValidationFailed("content is empty", field=field)
+    try:
+        content.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON's "\ud800": no tokenizer takes it
+        raise ValidationFailed(f"content is not valid Unicode (unpaired surrogate at {e.start})", field) from None
     return content
