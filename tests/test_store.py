@@ -273,3 +273,30 @@ def test_a_worker_that_lost_its_lease_no_longer_owns_the_job(store):
     store.claim_next("w2")
     assert not store.owns(job.id, "w1") and store.owns(job.id, "w2")
     assert store.heartbeat(job.id, "w1") == "lost"  # w1 is told to stop, and why
+
+
+def test_a_database_away_for_a_moment_is_waited_out_and_a_longer_outage_is_store_unavailable(store, monkeypatch):
+    """The retries, without a real outage: a call whose first tries fail as a dropped connection does."""
+    from sqlalchemy.exc import OperationalError
+
+    from app.errors import StoreUnavailable
+
+    real = store._session
+    failures = {"left": 2}
+
+    def flaky():
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OperationalError(
+                "SELECT 1", {}, Exception("server closed the connection"), connection_invalidated=True
+            )
+        return real.begin()
+
+    monkeypatch.setattr(store, "_session", type("S", (), {"begin": staticmethod(flaky)})())
+    (job,) = make(store, 1)  # created once although its first two tries failed
+    assert [j.id for j in store.list_jobs()[0]] == [job.id]
+    failures["left"] = 10**6
+    store.retry_seconds = 0.5
+    with pytest.raises(StoreUnavailable) as e:
+        store.get_job(job.id)
+    assert e.value.status_code == 503

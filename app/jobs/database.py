@@ -71,8 +71,10 @@ def resilient(method: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def every_call_resilient(cls: type) -> type:
-    """Make every public method of a store class `resilient` (the class has `engine` and `retry_seconds`)."""
+    """Make every public method of a store class `resilient` (the class has `engine` and `retry_seconds`), but
+    those marked `retries_inside` (they retry an idempotent part of themselves)."""
     for name, value in list(vars(cls).items()):
-        if callable(value) and not name.startswith("_") and name not in ("session", "close"):
+        skip = name.startswith("_") or name in ("session", "close") or getattr(value, "retries_inside", False)
+        if callable(value) and not skip:
             setattr(cls, name, resilient(value))
     return cls

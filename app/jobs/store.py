@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import Conflict, NotFound, ValidationFailed
-from app.jobs.database import every_call_resilient, make_engine
+from app.jobs.database import every_call_resilient, make_engine, resilient
 from app.jobs.migrate import migrate
 from app.jobs.outbox import owe_webhook
 from app.jobs.tables import DatasetRow, Job, JobEvent, JobStatus, MetricPoint, utcnow
@@ -73,8 +73,19 @@ class JobStore:
 
     # ---- jobs -------------------------------------------------------------------------------
     def create_job(self, **fields: Any) -> Job:
-        job = Job(id=f"job_{uuid.uuid4().hex[:24]}", status=JobStatus.queued.value, **fields)
+        """Queue a job. The id is drawn once, before any retry: a retry after a commit whose answer was lost
+        (the connection dropped) finds the job it made instead of making a second one."""
+        return self._create_job(f"job_{uuid.uuid4().hex[:24]}", fields)
+
+    create_job.retries_inside = True  # type: ignore[attr-defined]  # not retried as a whole: see _create_job
+
+    @resilient
+    def _create_job(self, job_id: str, fields: dict[str, Any]) -> Job:
         with self.session() as s:
+            made = s.get(Job, job_id)
+            if made is not None:
+                return made
+            job = Job(id=job_id, status=JobStatus.queued.value, **fields)
             s.add(job)
             s.add(JobEvent(job_id=job.id, message=f"Job created for adapter {job.adapter!r}"))
         return job
