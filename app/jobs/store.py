@@ -10,18 +10,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import Conflict, NotFound, ValidationFailed
 from app.jobs.database import every_call_resilient, make_engine, resilient
+from app.jobs.dataset_rows import DatasetRows
 from app.jobs.migrate import migrate
 from app.jobs.outbox import owe_webhook
-from app.jobs.tables import DatasetRow, Job, JobEvent, JobStatus, MetricPoint, utcnow
+from app.jobs.paging import Anchor, beyond, order
+from app.jobs.tables import Job, JobEvent, JobStatus, MetricPoint, utcnow
 
 
 def _owned(job_id: str, worker_id: str) -> Any:
@@ -29,30 +30,8 @@ def _owned(job_id: str, worker_id: str) -> Any:
     return (Job.id == job_id) & (Job.worker_id == worker_id) & (Job.status == JobStatus.running.value)
 
 
-def _order(at: Any, key: Any, ascending: bool) -> tuple[Any, Any]:
-    return (at.asc(), key.asc()) if ascending else (at.desc(), key.desc())
-
-
-# Where a page starts: the last row's time and, when it is a row of the same table, its id (ties broken by id);
-# an anchor from another table (a merged listing) has no id there, and the page starts strictly after its time.
-Anchor = tuple[datetime, str | None]
-
-
-def _beyond(at: Any, key: Any, anchor: Anchor, ascending: bool) -> Any:
-    """Keyset paging: the rows after the anchor (`at`, then `key`) in the listing's order."""
-    anchor_at, anchor_key = anchor
-    if not anchor_key:
-        return at > anchor_at if ascending else at < anchor_at
-    # A row-value comparison: the database walks a (time, id) index from the anchor.
-    return (
-        tuple_(at, key) > tuple_(anchor_at, anchor_key)
-        if ascending
-        else tuple_(at, key) < tuple_(anchor_at, anchor_key)
-    )
-
-
 @every_call_resilient
-class JobStore:
+class JobStore(DatasetRows):
     """Every public call rides out a database that is away for a moment (a restart, a dropped connection):
     the pool pings a connection before use, and a call is retried with back-off for `retry_seconds` (workers
     wait out an outage shorter than their lease; the API answers 503 after a short wait)."""
@@ -109,7 +88,7 @@ class JobStore:
                 anchor = s.get(Job, after)
                 if anchor is None:
                     raise ValidationFailed(f"no job {after!r} to page after", field="after")
-                q = q.where(_beyond(Job.created_at, Job.id, (anchor.created_at, anchor.id), ascending=False))
+                q = q.where(beyond(Job.created_at, Job.id, (anchor.created_at, anchor.id), ascending=False))
             rows = list(s.scalars(q.limit(limit + 1)))
         return rows[:limit], len(rows) > limit
 
@@ -387,66 +366,17 @@ class JobStore:
                 )
             )
 
-    # ---- datasets -----------------------------------------------------------------------------
-    def add_dataset(self, row: DatasetRow) -> DatasetRow:
-        """Insert once; the same content (same id) saved concurrently returns the stored row."""
-        try:
-            with self.session() as s:
-                existing = s.get(DatasetRow, row.id)
-                if existing is not None:
-                    return existing
-                s.add(row)
-            return row
-        except IntegrityError:
-            return self.get_dataset(row.id)
-
-    def page_datasets(self, after: Anchor | None, limit: int, ascending: bool = False) -> list[DatasetRow]:
-        """Up to `limit` datasets after the anchor (a time, and an id breaking ties), newest first (or oldest)."""
-        q = select(DatasetRow).order_by(*_order(DatasetRow.created_at, DatasetRow.id, ascending))
-        if after is not None:
-            q = q.where(_beyond(DatasetRow.created_at, DatasetRow.id, after, ascending))
-        with self.session() as s:
-            return list(s.scalars(q.limit(limit)))
-
-    def page_succeeded(self, after: Anchor | None, limit: int, ascending: bool = False) -> list[Job]:
-        """Up to `limit` succeeded jobs after the anchor, by when they finished, newest first (or oldest)."""
-        q = select(Job).where(Job.status == JobStatus.succeeded.value)
-        q = q.order_by(*_order(Job.finished_at, Job.id, ascending))
-        if after is not None:
-            q = q.where(_beyond(Job.finished_at, Job.id, after, ascending))
-        with self.session() as s:
-            return list(s.scalars(q.limit(limit)))
-
-    def delete_dataset(self, dataset_id: str) -> DatasetRow:
-        """Forget a dataset's row; refused (409) while a queued, running or paused job trains or validates on
-        it. The caller removes the file."""
-        live = [JobStatus.queued.value, JobStatus.running.value, JobStatus.paused.value]
-        with self.session() as s:
-            row = s.get(DatasetRow, dataset_id)
-            if row is None:
-                raise NotFound(f"no dataset {dataset_id!r}", field="dataset_id")
-            user = s.scalar(
-                select(Job.id)
-                .where(Job.status.in_(live))
-                .where((Job.train_dataset == dataset_id) | (Job.validation_dataset == dataset_id))
-                .limit(1)
-            )
-            if user is not None:
-                raise Conflict(
-                    f"dataset {dataset_id} is in use by job {user}; delete it once that job ends", "dataset_id"
-                )
-            s.delete(row)
-        return row
-
     def jobs_by_id(self, ids: list[str]) -> dict[str, Job]:
         if not ids:
             return {}
         with self.session() as s:
             return {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(ids)))}
 
-    def get_dataset(self, dataset_id: str, field: str = "dataset") -> DatasetRow:
+    def page_succeeded(self, after: Anchor | None, limit: int, ascending: bool = False) -> list[Job]:
+        """Up to `limit` succeeded jobs after the anchor, by when they finished, newest first (or oldest)."""
+        q = select(Job).where(Job.status == JobStatus.succeeded.value)
+        q = q.order_by(*order(Job.finished_at, Job.id, ascending))
+        if after is not None:
+            q = q.where(beyond(Job.finished_at, Job.id, after, ascending))
         with self.session() as s:
-            row = s.get(DatasetRow, dataset_id)
-        if row is None:
-            raise NotFound(f"no dataset {dataset_id!r}", field=field)
-        return row
+            return list(s.scalars(q.limit(limit)))
