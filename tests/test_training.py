@@ -80,15 +80,22 @@ def test_quantized_on_cpu_through_the_real_path(tmp_path, tiny_models, quantizat
     assert out.adapter == "q@v1" and all(abs(sum(p.scores.values()) - 1) < 1e-4 for p in out.predictions)
 
 
+def worker_in_thread(settings, until, burst: bool = True) -> tuple[Worker, threading.Thread]:
+    """A worker running in a thread (draining the queue in burst mode), returned once `until()` holds (60 s at
+    most)."""
+    worker = Worker(settings)
+    t = threading.Thread(target=worker.run, kwargs={"burst": burst})
+    t.start()
+    deadline = time.monotonic() + 60
+    while not until() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return worker, t
+
+
 def test_cancel_stops_a_running_job_promptly(settings):
     svc = PeftServe(settings)
     job = submit(svc, "long", toy_sentiment(400), epochs=100, batch_size=4)
-    worker = Worker(settings)
-    t = threading.Thread(target=worker.run, kwargs={"burst": True})
-    t.start()
-    deadline = time.monotonic() + 60
-    while svc.store.get_job(job.id).step < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _, t = worker_in_thread(settings, lambda: svc.store.get_job(job.id).step >= 3)
     asked = time.monotonic()
     svc.store.request_cancel(job.id)
     t.join(30)
@@ -102,12 +109,7 @@ def test_cancel_stops_a_running_job_promptly(settings):
 def test_shutdown_returns_the_job_to_the_queue(settings):
     svc = PeftServe(settings)
     job = submit(svc, "long", toy_sentiment(400), epochs=100, batch_size=4)
-    worker = Worker(settings)
-    t = threading.Thread(target=worker.run)
-    t.start()
-    deadline = time.monotonic() + 60
-    while svc.store.get_job(job.id).step < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    worker, t = worker_in_thread(settings, lambda: svc.store.get_job(job.id).step >= 3, burst=False)
     worker.stopping.set()
     t.join(30)
     again = svc.store.get_job(job.id)
@@ -118,12 +120,7 @@ def test_shutdown_returns_the_job_to_the_queue(settings):
 def test_a_paused_job_checkpoints_frees_its_worker_and_resumes_where_it_stopped(settings):
     svc = PeftServe(settings)
     job = submit(svc, "long", toy_sentiment(200), epochs=4, batch_size=4)
-    worker = Worker(settings)
-    t = threading.Thread(target=worker.run, kwargs={"burst": True})
-    t.start()
-    deadline = time.monotonic() + 60
-    while svc.store.get_job(job.id).step < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _, t = worker_in_thread(settings, lambda: svc.store.get_job(job.id).step >= 3)
     svc.store.request_pause(job.id)
     t.join(30)
     assert not t.is_alive()  # the worker is free: burst mode found nothing more to do
@@ -161,12 +158,7 @@ def test_each_epoch_keeps_a_servable_adapter_the_newest_few_only(tmp_path, tiny_
     assert answered.ref == "ep-checkpoint-8" and future.result().shape == (2, 2)
     # a cancelled job keeps none
     cancelled = submit(svc, "gone", rows, epochs=50, batch_size=8)
-    worker = Worker(settings)
-    t = threading.Thread(target=worker.run, kwargs={"burst": True})
-    t.start()
-    deadline = time.monotonic() + 60
-    while not svc.resources.epochs.list(cancelled.id) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    _, t = worker_in_thread(settings, lambda: bool(svc.resources.epochs.list(cancelled.id)))
     assert svc.resources.epochs.list(cancelled.id)
     svc.store.request_cancel(cancelled.id)
     t.join(30)
