@@ -1,6 +1,7 @@
 """The job store on a real PostgreSQL (a throwaway cluster on loopback, app/jobs/local_postgres.py): standalone worker
-processes sharing the queue take every job exactly once, and a database restart mid-training is ridden out by
-workers and the API alike (the API answering 503 in its envelope while the database is down)."""
+processes sharing the queue take every job exactly once, a database restart mid-training is ridden out by
+workers and the API alike (the API answering 503 in its envelope while the database is down), and two API
+replicas without workers serve, delete and stream the same jobs and adapters."""
 
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ def test_a_database_restart_mid_training_loses_no_job_and_the_api_answers_503_me
         assert all(len(started_on(svc, j.id)) == 1 for j in jobs)
         assert [svc.adapters.resolve(f"r{i}").ref for i in range(3)] == ["r0@v1", "r1@v1", "r2@v1"]
         assert svc.store.count_by_status()[JobStatus.succeeded.value] == 3
+        check_two_replicas(api, tmp_path, tiny_models, env, jobs[0].id)
     finally:
         api.stop()
         for w in workers:
@@ -112,3 +114,31 @@ def test_a_database_restart_mid_training_loses_no_job_and_the_api_answers_503_me
         for w in workers:
             w.wait(timeout=60)
         svc.close()
+
+
+def check_two_replicas(first, tmp_path: Path, tiny_models: dict, env: dict[str, str], job_id: str) -> None:
+    """A second API replica (no workers) on the same database and state folders: the adapters the standalone
+    workers trained (which the first replica, running since before they existed, already serves without a
+    restart) are served by it too; a delete through one is a 404 on both; /metrics and the event stream answer
+    on either."""
+    second = tiny_server(tmp_path / "api2", tiny_models, workers=0)
+    second.env.update({k: env[k] for k in ("PEFTSERVE_DATABASE_URL", "PEFTSERVE_DATA_DIR", "PEFTSERVE_ADAPTERS_DIR")})
+    (tmp_path / "api2").mkdir()
+    second.start()
+    try:
+        clients = [httpx.Client(base_url=s.url, headers=ADMIN_HEADERS, timeout=30) for s in (first, second)]
+        body = {"adapter": "r1", "inputs": toy_sentiment(6, seed=9)[0]["text"]}
+        answers = [c.post("/predict", json=body).json() for c in clients]
+        assert answers[0] == answers[1] and answers[0]["adapter"] == "r1@v1"
+        assert clients[1].delete("/adapters/r1").json() == {"deleted": ["r1@v1"]}
+        for c in clients:
+            assert c.post("/predict", json=body).status_code == 404
+            assert c.get("/adapters/r2").json()["latest"] == "r2@v1"
+            metrics = c.get("/metrics")
+            assert metrics.status_code == 200 and 'peftserve_jobs{status="succeeded"} 3.0' in metrics.text
+            stream = c.get(f"/jobs/{job_id}/events", params={"stream": "true"})
+            assert stream.status_code == 200 and "event: end" in stream.text and "Saved adapter r0@v1" in stream.text
+        for c in clients:
+            c.close()
+    finally:
+        second.stop()
