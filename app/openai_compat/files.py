@@ -9,7 +9,7 @@ import io
 from datetime import datetime
 
 from app.errors import Conflict, NotFound, ValidationFailed
-from app.jobs.tables import DatasetRow, Job, JobStatus
+from app.jobs.tables import DatasetRow, Job, JobStatus, MetricPoint
 from app.openai_compat import schemas as oa
 from app.openai_compat.names import RESULT_PREFIX, job_of_result_file, result_file_id, unix
 from app.service import PeftServe
@@ -36,14 +36,16 @@ def upload(svc: PeftServe, filename: str, content: bytes, purpose: str) -> oa.Fi
 
 def get(svc: PeftServe, file_id: str) -> oa.FileObject:
     if file_id.startswith(RESULT_PREFIX):
-        return _result_file(svc, _result_job(svc, file_id))
+        job = _result_job(svc, file_id)
+        return _result_file(job, svc.store.metrics(job.id))
     return _dataset_file(svc, _dataset(svc, file_id))
 
 
 def content(svc: PeftServe, file_id: str) -> tuple[bytes, str]:
     """The file's bytes and media type: a dataset's JSON lines, or a result file's CSV."""
     if file_id.startswith(RESULT_PREFIX):
-        return results_csv(svc, _result_job(svc, file_id)), "text/csv"
+        job = _result_job(svc, file_id)
+        return results_csv(svc.store.metrics(job.id)), "text/csv"
     _dataset(svc, file_id)
     return svc.datasets.content(file_id), "application/jsonl"
 
@@ -76,9 +78,11 @@ def list_files(svc: PeftServe, purpose: str | None, after: str | None, limit: in
             if anchor
             else None
         )
-        for job in svc.store.page_succeeded(since, limit + 1, ascending):
+        jobs = svc.store.page_succeeded(since, limit + 1, ascending)
+        points = svc.store.metrics_by_job([j.id for j in jobs])  # one query for the page's CSV sizes
+        for job in jobs:
             assert job.finished_at is not None
-            found.append((job.finished_at, result_file_id(job.id), _result_file(svc, job)))
+            found.append((job.finished_at, result_file_id(job.id), _result_file(job, points[job.id])))
     found.sort(key=lambda f: (f[0], f[1]), reverse=not ascending)
     page = [f for _, _, f in found[:limit]]
     return oa.FileList(
@@ -89,11 +93,11 @@ def list_files(svc: PeftServe, purpose: str | None, after: str | None, limit: in
     )
 
 
-def results_csv(svc: PeftServe, job: Job) -> bytes:
-    """One row per logged step: the training loss and learning rate, and at each epoch's end the validation
-    figures (OpenAI's result file, with peftserve's metric names)."""
+def results_csv(points: list[MetricPoint]) -> bytes:
+    """A job's metric points as one row per logged step: the training loss and learning rate, and at each
+    epoch's end the validation figures (OpenAI's result file, with peftserve's metric names)."""
     rows: dict[int, dict] = {}
-    for p in svc.store.metrics(job.id):
+    for p in points:
         row = rows.setdefault(p.step, {"step": p.step, "epoch": p.epoch})
         prefix = "train_" if p.kind == "train" else "valid_"
         for key in ("loss", "learning_rate", "accuracy", "f1_macro"):
@@ -148,10 +152,10 @@ def _dataset_file(svc: PeftServe, row: DatasetRow) -> oa.FileObject:
     )
 
 
-def _result_file(svc: PeftServe, job: Job) -> oa.FileObject:
+def _result_file(job: Job, points: list[MetricPoint]) -> oa.FileObject:
     return oa.FileObject(
         id=result_file_id(job.id),
-        bytes=len(results_csv(svc, job)),
+        bytes=len(results_csv(points)),
         created_at=unix(job.finished_at) or 0,
         filename=f"{job.id}_results.csv",
         purpose="fine-tune-results",
