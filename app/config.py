@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path(".peftserve"), description="database, datasets and model cache")
     adapters_dir: Path = Field(Path("adapters"), description="the adapter store")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default: SQLite file in data_dir")
+    storage_url: str | None = Field(
+        None,
+        description="where datasets, checkpoints and adapter weights live for every host: a path or an fsspec URL"
+        " (s3://bucket/prefix, configured by the AWS_* variables); the adapter registry moves into the database."
+        " Default: data_dir and adapters_dir",
+    )
 
     # Models
     models_root: Path = Field(
@@ -153,7 +159,7 @@ class Settings(BaseSettings):
                 raise ValueError("a whsec_ webhook secret must be base64 after the prefix") from None
         return v
 
-    @field_validator("database_url", "ray_address")
+    @field_validator("database_url", "ray_address", "storage_url")
     @classmethod
     def _no_empty_url(cls, v: str | None) -> str | None:
         return v or None
@@ -182,6 +188,12 @@ class Settings(BaseSettings):
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.data_dir / 'peftserve.db'}"
 
+    def storage(self, area: str) -> str:
+        """Where one kind of shared state lives: `<storage_url>/<area>`, or `<data_dir>/<area>` by default."""
+        if self.storage_url:
+            return f"{self.storage_url.rstrip('/')}/{area}"
+        return str(self.data_dir / area)
+
     @property
     def datasets_dir(self) -> Path:
         return self.data_dir / "datasets"
@@ -195,11 +207,22 @@ class Settings(BaseSettings):
         return self.data_dir / "epoch_checkpoints"
 
     @property
+    def cache_dir(self) -> Path:
+        """This host's copies of weights kept in the storage (never durable: the storage and database are)."""
+        return self.data_dir / "cache"
+
+    @property
+    def scratch_dir(self) -> Path:
+        """This host's work in progress (adapters being written, before they are published)."""
+        return self.data_dir / "tmp"
+
+    @property
     def model_cache_dir(self) -> Path:
         return self.data_dir / "models"
 
     def ensure_dirs(self) -> None:
-        for d in (self.data_dir, self.datasets_dir, self.checkpoints_dir, self.model_cache_dir, self.adapters_dir):
+        local = [self.datasets_dir, self.checkpoints_dir, self.adapters_dir] if not self.storage_url else []
+        for d in (self.data_dir, self.model_cache_dir, *local):
             d.mkdir(parents=True, exist_ok=True)
 
 

@@ -54,7 +54,7 @@ class PayloadTooLarge(PeftServeError):
 
 
 class StoreUnavailable(PeftServeError):
-    """The job database did not answer (restarting, unreachable) within the retry budget."""
+    """The job database or the shared storage did not answer (restarting, unreachable) within the retry budget."""
 
     status_code = 503
     code = "unavailable"

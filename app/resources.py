@@ -1,7 +1,11 @@
 """SharedResources: what the API process and every worker process open alike, built once per process.
 
-The job store (SQL), the dataset, adapter and epoch-checkpoint stores, the base-model registry, and the device and
-quantization this process runs with. `PeftServe` (the API's core) and `Worker` each hold one.
+The job store (SQL), the dataset, adapter, checkpoint and epoch-checkpoint stores, the base-model registry, and the
+device and quantization this process runs with. `PeftServe` (the API's core) and `Worker` each hold one.
+
+Where the stores keep their files is one setting: by default this host's folders (`data_dir`, `adapters_dir`);
+with `PEFTSERVE_STORAGE_URL` the shared storage every host reads (an object store), the adapter registry in
+the database, and only caches and work in progress on this host.
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from app.base_models.registry import ModelRegistry
 from app.config import Settings
 from app.jobs.store import JobStore
 from app.stores.adapters import AdapterStore, LocalAdapterStore
-from app.stores.datasets import DatasetStore, LocalDatasetStore
+from app.stores.blobs import Blobs
+from app.stores.datasets import DatasetStore
 from app.stores.epochs import EpochStore
+from app.stores.registry import RegistryAdapterStore
 
 
 @dataclass
@@ -24,6 +30,7 @@ class SharedResources:
     datasets: DatasetStore
     adapters: AdapterStore
     epochs: EpochStore  # each job's adapter at its last epochs' ends
+    checkpoints: Blobs  # each job's resume checkpoint, under its id
     registry: ModelRegistry
     device: str  # "cpu" | "cuda"
     quantization: str  # "none" | "nf4" | "int8"
@@ -38,9 +45,15 @@ class SharedResources:
         return cls(
             settings=settings,
             store=store,
-            datasets=LocalDatasetStore(settings.datasets_dir, store),
-            adapters=LocalAdapterStore(settings.adapters_dir),
-            epochs=EpochStore(settings.epoch_checkpoints_dir, settings.epoch_checkpoints),
+            datasets=DatasetStore(Blobs(settings.storage("datasets")), store),
+            adapters=_adapter_store(settings, store),
+            epochs=EpochStore(
+                Blobs(settings.storage("epoch_checkpoints")),
+                settings.epoch_checkpoints,
+                settings.cache_dir / "epoch_checkpoints",
+                settings.scratch_dir,
+            ),
+            checkpoints=Blobs(settings.storage("checkpoints")),
             registry=ModelRegistry(settings.models, settings.model_cache_dir),
             device=device,
             quantization=resolve_quantization(settings.quantization, device),
@@ -48,3 +61,11 @@ class SharedResources:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _adapter_store(settings: Settings, store: JobStore) -> AdapterStore:
+    """Today's folders by default; with shared storage, the registry in the database and the weights there."""
+    if not settings.storage_url:
+        return LocalAdapterStore(settings.adapters_dir)
+    blobs = Blobs(settings.storage("adapters"))
+    return RegistryAdapterStore(store, blobs, settings.cache_dir / "adapters", settings.scratch_dir)

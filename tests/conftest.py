@@ -44,3 +44,31 @@ def store_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'jobs.db'}"
     return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3-compatible server on loopback for the session (moto in server mode), its AWS_* variables set
+    in this process for the session."""
+    from tests.support import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    yield server
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage_url(request, tmp_path) -> str:
+    """Shared storage for one test: a local folder, then a fresh prefix on the S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "storage")
+    import uuid
+
+    return request.getfixturevalue("s3").url(uuid.uuid4().hex)

@@ -16,6 +16,7 @@ from app.jobs.tables import JobStatus
 from app.jobs.worker import Worker
 from app.service import PeftServe
 from app.stores.adapters import LocalAdapterStore
+from app.stores.blobs import Blobs
 from app.training.checkpoint import Checkpoints
 from tests.support import make_settings, submit
 
@@ -50,7 +51,7 @@ def test_stopped_job_resumes_to_the_same_weights(tmp_path, tiny_models):
         state = svc.store.get_job(job.id)
         assert state.status == "queued", state.status
         stops.append(state.step)
-        assert Checkpoints(settings.checkpoints_dir / job.id, 7).path.exists()
+        assert Checkpoints(Blobs(settings.checkpoints_dir / job.id), 7).exists()
         # points past the checkpoint are dropped when the next run resumes; none past the job's step now
         assert all(p.step <= state.step for p in svc.store.metrics(job.id))
     Worker(settings).run(burst=True)
@@ -157,7 +158,7 @@ def test_a_worker_that_lost_its_job_leaves_it_alone(tmp_path, tiny_models):
     assert not thread.is_alive()
     state = svc.store.get_job(job.id)
     assert state.status == "running" and state.worker_id == "other:1"
-    assert Checkpoints(settings.checkpoints_dir / job.id, 5).path.exists()
+    assert Checkpoints(Blobs(settings.checkpoints_dir / job.id), 5).exists()
     assert not any(e.message == "Cancelled" for e in svc.store.events(job.id))
 
 
@@ -168,6 +169,6 @@ def test_checkpoints_of_jobs_that_ended_without_a_worker_are_swept(tmp_path, tin
     ended = submit(svc, "c", toy_sentiment(20))
     svc.store.request_cancel(ended.id)  # cancelled while queued (e.g. after a restart requeued it)
     for j in (queued.id, ended.id, "job_gone"):
-        Checkpoints(settings.checkpoints_dir / j, 5).save({"step": 1})
+        Checkpoints(Blobs(settings.checkpoints_dir / j), 5).save({"step": 1})
     Worker(settings).sweep_checkpoints()
     assert sorted(p.name for p in settings.checkpoints_dir.iterdir()) == [queued.id]

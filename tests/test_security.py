@@ -17,6 +17,7 @@ from app.config import ModelSource, Settings
 from app.jobs.worker import Worker
 from app.main import create_app
 from app.service import PeftServe
+from app.stores.blobs import Blobs
 from app.training.checkpoint import Checkpoints
 from tests.support import ADMIN_HEADERS, make_settings, submit
 
@@ -104,11 +105,11 @@ def test_a_pickle_adapter_is_refused_and_never_unpickled(trained, tmp_path):
 
 def test_a_pickled_checkpoint_is_not_executed(tmp_path):
     marker = tmp_path / "unpickled"
-    ckpt = Checkpoints(tmp_path / "job_x", 10)
-    ckpt.folder.mkdir()
+    ckpt = Checkpoints(Blobs(tmp_path / "job_x"), 10)
+    (tmp_path / "job_x").mkdir()
     import torch
 
-    torch.save({"format": 1, "fingerprint": "f", "evil": _Marker(marker)}, ckpt.path)
+    torch.save({"format": 1, "fingerprint": "f", "evil": _Marker(marker)}, tmp_path / "job_x" / "checkpoint.pt")
     assert ckpt.load("f") is None  # refused by the weights-only loader: training starts over
     assert not marker.exists()
 

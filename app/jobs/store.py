@@ -1,4 +1,5 @@
-"""The job store: every job, metric point, event and dataset record, in one SQL database (SQLAlchemy 2).
+"""The job store: every job, metric point, event, dataset record and (with shared storage) adapter version, in
+one SQL database (SQLAlchemy 2).
 
 SQLite (WAL) by default, PostgreSQL by URL (`postgresql+psycopg://…`); the schema is kept by Alembic migrations
 (app/jobs/migrate.py). Claiming is a compare-and-set UPDATE (after FOR UPDATE SKIP LOCKED on PostgreSQL), so two
@@ -17,6 +18,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.errors import Conflict, NotFound, ValidationFailed
+from app.jobs.adapter_rows import AdapterRows
 from app.jobs.database import every_call_resilient, make_engine, resilient
 from app.jobs.dataset_rows import DatasetRows
 from app.jobs.migrate import migrate
@@ -31,7 +33,7 @@ def _owned(job_id: str, worker_id: str) -> Any:
 
 
 @every_call_resilient
-class JobStore(DatasetRows):
+class JobStore(DatasetRows, AdapterRows):
     """Every public call rides out a database that is away for a moment (a restart, a dropped connection):
     the pool pings a connection before use, and a call is retried with back-off for `retry_seconds` (workers
     wait out an outage shorter than their lease; the API answers 503 after a short wait)."""

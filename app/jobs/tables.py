@@ -1,4 +1,4 @@
-"""Tables of the job store: jobs, their metric points and events, and uploaded datasets."""
+"""Tables of the job store: jobs, their metric points and events, uploaded datasets, and the adapter registry."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, Text, TypeDecorator, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -146,3 +146,23 @@ class DatasetRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     size_bytes: Mapped[int | None]  # the stored JSONL's size (None: stored before it was recorded)
+
+
+class AdapterRow(Base):
+    """One version of a named adapter, with shared storage (PEFTSERVE_STORAGE_URL): the row is the commit point
+    (its weights are uploaded under `key` before it is inserted, so a half-uploaded adapter is never visible).
+    A deleted version keeps its row (`deleted_at`): its number is never issued again."""
+
+    __tablename__ = "adapter_versions"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_adapter_versions_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int]
+    key: Mapped[str] = mapped_column(String(255))  # the weights' prefix in the storage
+    sha256: Mapped[str] = mapped_column(String(64))  # of adapter_model.safetensors
+    size_bytes: Mapped[int]
+    meta: Mapped[dict[str, Any]]  # peftserve.json: base, labels, hyperparameters, metrics, job
+    job_id: Mapped[str | None] = mapped_column(String(40), unique=True)  # a job commits once
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None]

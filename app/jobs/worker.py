@@ -101,10 +101,11 @@ class Worker:
     def sweep_checkpoints(self) -> None:
         """Remove the checkpoints of jobs that ended without a worker (cancelled while queued or paused, failed
         after lost workers) or no longer exist; and the epoch checkpoints of jobs that did not succeed."""
-        for folder in self.settings.checkpoints_dir.glob("job_*"):
-            status = self._status(folder.name)
+        checkpoints = self.resources.checkpoints
+        for job_id in [name for name in checkpoints.children() if name.startswith("job_")]:
+            status = self._status(job_id)
             if status is None or status.terminal:
-                Checkpoints(folder, 1).clear()
+                checkpoints.delete(job_id)
         epochs = self.resources.epochs
         for job_id in epochs.job_ids():
             status = self._status(job_id)
@@ -119,8 +120,8 @@ class Worker:
 
     def process(self, job: Job) -> None:
         """One claimed job: do it, then record how it ended."""
-        # Job ids are ours ("job_" + hex), so the folder stays under checkpoints_dir.
-        checkpoints = Checkpoints(self.settings.checkpoints_dir / job.id, self.settings.checkpoint_steps)
+        # Job ids are ours ("job_" + hex): a key of its own under the checkpoints area.
+        checkpoints = Checkpoints(self.resources.checkpoints.child(job.id), self.settings.checkpoint_steps)
         with _Heartbeat(self.store, job.id, self.id, self.settings.heartbeat_interval) as beat:
             reporter = _JobReporter(self.store, job.id, self.id, self.stopping, beat)
             outcome = self._attempt(job, reporter, checkpoints)

@@ -1,7 +1,8 @@
 """Adapter store: named, versioned adapters (PEFT's files, safetensors only, and a metadata JSON).
 
 `AdapterStore` is the interface the worker (commit) and the engine (resolve, read) use; `LocalAdapterStore`
-keeps `adapters/<name>/v<N>/` folders. Versions are written into a staging folder and renamed into place,
+keeps `adapters/<name>/v<N>/` folders (the default); app/stores/registry.py keeps the registry in the database
+and the weights in shared storage. Versions are written into a staging folder and renamed into place,
 so a crash never leaves half an adapter, and two workers finishing the same name at once get different
 versions.
 """
@@ -64,6 +65,7 @@ class AdapterVersion:
     path: Path
     meta: dict[str, Any]
     alias: str | None = None  # the name it is served by when not `name@vN` (an epoch checkpoint's model id)
+    size: int | None = None  # known without reading the folder (a registry row; the folder may not be fetched)
 
     @property
     def ref(self) -> str:
@@ -79,6 +81,8 @@ class AdapterVersion:
 
     @property
     def size_bytes(self) -> int:
+        if self.size is not None:
+            return self.size
         return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
 
 

@@ -1,28 +1,26 @@
 """Dataset store: validated records kept as canonical JSONL, content-addressed (the same rows always get the
 same id), with a row in the job store (size, label counts) that the API reads without touching the file.
 
-`DatasetStore` is the interface; `LocalDatasetStore` keeps the files in a folder. Another backend (an object
-store) implements `_put`, `_read` and `_remove` only: ids, rows and lookups are the same for every backend.
+The files are `<id>.jsonl` keys in a Blobs (app/stores/blobs.py): a local folder by default, or the shared
+object store every host reads (PEFTSERVE_STORAGE_URL).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
-from abc import ABC, abstractmethod
 from collections import Counter
-from pathlib import Path
 
 from app.errors import NotFound
 from app.jobs.store import JobStore
 from app.jobs.tables import DatasetRow
+from app.stores.blobs import Blobs
 from app.training.data import is_multilabel, label_names
 
 
-class DatasetStore(ABC):
-    def __init__(self, store: JobStore):
+class DatasetStore:
+    def __init__(self, blobs: Blobs, store: JobStore):
+        self.blobs = blobs
         self.store = store
 
     def save(self, rows: list[dict], filename: str | None = None) -> DatasetRow:
@@ -63,17 +61,16 @@ class DatasetStore(ABC):
         body = self.content(dataset_id)
         return [json.loads(line) for line in body.decode("utf-8").split("\n") if line.strip()]
 
-    @abstractmethod
     def _put(self, dataset_id: str, body: bytes) -> None:
-        """Write the content once, atomically (a reader sees all of it or none); a second write may be skipped."""
+        """Write the content once (the same id is the same content: a second write is skipped)."""
+        if not self.blobs.exists(f"{dataset_id}.jsonl"):
+            self.blobs.put(f"{dataset_id}.jsonl", body)
 
-    @abstractmethod
     def _read(self, dataset_id: str) -> bytes | None:
-        """The content, or None if there is none."""
+        return self.blobs.get(f"{dataset_id}.jsonl")
 
-    @abstractmethod
     def _remove(self, dataset_id: str) -> None:
-        """Remove the content if there is any."""
+        self.blobs.delete(f"{dataset_id}.jsonl")
 
 
 def _checked_id(dataset_id: str) -> str:
@@ -81,28 +78,3 @@ def _checked_id(dataset_id: str) -> str:
     if not dataset_id.startswith("ds_") or not dataset_id[3:].isalnum():
         raise NotFound(f"no dataset {dataset_id!r}", field="dataset")
     return dataset_id
-
-
-class LocalDatasetStore(DatasetStore):
-    """One `<id>.jsonl` file per dataset in a folder."""
-
-    def __init__(self, root: Path, store: JobStore):
-        super().__init__(store)
-        self.root = root
-        root.mkdir(parents=True, exist_ok=True)
-
-    def _put(self, dataset_id: str, body: bytes) -> None:
-        path = self.root / f"{dataset_id}.jsonl"
-        if not path.exists():
-            tmp = path.with_suffix(f".tmp-{uuid.uuid4().hex}")  # unique per writer: threads and processes
-            tmp.write_bytes(body)
-            os.replace(tmp, path)
-
-    def _read(self, dataset_id: str) -> bytes | None:
-        try:
-            return (self.root / f"{dataset_id}.jsonl").read_bytes()
-        except FileNotFoundError:
-            return None
-
-    def _remove(self, dataset_id: str) -> None:
-        (self.root / f"{dataset_id}.jsonl").unlink(missing_ok=True)
