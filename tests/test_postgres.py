@@ -1,7 +1,9 @@
 """The job store on a real PostgreSQL (a throwaway cluster on loopback, app/jobs/local_postgres.py): standalone worker
 processes sharing the queue take every job exactly once, a database restart mid-training is ridden out by
 workers and the API alike (the API answering 503 in its envelope while the database is down), and two API
-replicas without workers serve, delete and stream the same jobs and adapters."""
+replicas without workers serve, delete and stream the same jobs and adapters. The restart and replica test runs
+as a deployment of several hosts would: one database, one object store (a real S3 server on loopback), and
+every process its own data dir, sharing no folder."""
 
 from __future__ import annotations
 
@@ -21,12 +23,49 @@ from tests.support import ADMIN_HEADERS, make_settings, submit, tiny_server, tin
 pytestmark = pytest.mark.e2e
 
 
-def start_workers(n: int, env: dict[str, str], cwd: Path, burst: bool) -> list[subprocess.Popen]:
+def start_workers(
+    n: int, env: dict[str, str], cwd: Path, burst: bool, own_dirs: bool = False
+) -> list[subprocess.Popen]:
+    """`own_dirs`: each worker its own data and adapters dir (hosts sharing nothing but the database and storage)."""
     cmd = [sys.executable, "-m", "app.cli", "worker", "--log-level", "warning", *(["--burst"] if burst else [])]
     return [
-        subprocess.Popen(cmd, env=env, cwd=cwd, stdout=open(cwd / f"worker{i}.log", "w"), stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            cmd,
+            env={**env, **(host_dirs(cwd / f"worker{i}") if own_dirs else {})},
+            cwd=cwd,
+            stdout=open(cwd / f"worker{i}.log", "w"),
+            stderr=subprocess.STDOUT,
+        )
         for i in range(n)
     ]
+
+
+def host_dirs(root: Path) -> dict[str, str]:
+    return {"PEFTSERVE_DATA_DIR": str(root / "data"), "PEFTSERVE_ADAPTERS_DIR": str(root / "adapters")}
+
+
+def storage_env(tiny_models: dict, url: str, s3, storage_url: str) -> dict[str, str]:
+    """What every process of a multi-host deployment is given: the database and the object store (no folder)."""
+    import os
+
+    return {
+        **os.environ,
+        **tiny_server_env(tiny_models, workers=0),
+        **s3.env,
+        "PEFTSERVE_DATABASE_URL": url,
+        "PEFTSERVE_STORAGE_URL": storage_url,
+        "PEFTSERVE_HEARTBEAT_INTERVAL": "0.5",
+    }
+
+
+def durable_files(root: Path) -> list[str]:
+    """Files under a host's folders that are not caches, work in progress, logs or the base-model cache."""
+    skip = ("cache", "tmp", "models")
+    return sorted(
+        str(p.relative_to(root))
+        for p in root.rglob("*")
+        if p.is_file() and not p.name.endswith(".log") and not set(p.relative_to(root).parts) & set(skip)
+    )
 
 
 def shared_env(tiny_models: dict, settings, url: str) -> dict[str, str]:
@@ -67,16 +106,16 @@ def test_three_standalone_workers_take_twelve_jobs_each_exactly_once(tmp_path, t
 
 
 def test_a_database_restart_mid_training_loses_no_job_and_the_api_answers_503_meanwhile(
-    tmp_path, tiny_models, postgres
+    tmp_path, tiny_models, postgres, s3
 ):
-    url = postgres.new_database()
-    settings = make_settings(tmp_path, tiny_models, database_url=url)
+    url, storage = postgres.new_database(), s3.url(tmp_path.name)
+    settings = make_settings(tmp_path / "submitter", tiny_models, database_url=url, storage_url=storage)
     svc = PeftServe(settings)
     jobs = [submit(svc, f"r{i}", toy_sentiment(120, seed=i), epochs=3, batch_size=4) for i in range(3)]
-    env = shared_env(tiny_models, settings, url)
-    workers = start_workers(3, env, tmp_path, burst=False)
+    env = storage_env(tiny_models, url, s3, storage)
+    workers = start_workers(3, env, tmp_path, burst=False, own_dirs=True)
     api = tiny_server(tmp_path / "api", tiny_models, workers=0)
-    api.env.update({k: env[k] for k in ("PEFTSERVE_DATABASE_URL", "PEFTSERVE_DATA_DIR", "PEFTSERVE_ADAPTERS_DIR")})
+    api.env.update({**env, **host_dirs(tmp_path / "api")})
     (tmp_path / "api").mkdir()
     api.start()
     try:
@@ -107,6 +146,14 @@ def test_a_database_restart_mid_training_loses_no_job_and_the_api_answers_503_me
         assert [svc.adapters.resolve(f"r{i}").ref for i in range(3)] == ["r0@v1", "r1@v1", "r2@v1"]
         assert svc.store.count_by_status()[JobStatus.succeeded.value] == 3
         check_two_replicas(api, tmp_path, tiny_models, env, jobs[0].id)
+        # nothing durable on any host: datasets, checkpoints and weights are in the object store alone
+        hosts = [
+            tmp_path / "submitter",
+            tmp_path / "api",
+            tmp_path / "api2",
+            *(tmp_path / f"worker{i}" for i in range(3)),
+        ]
+        assert [f for h in hosts for f in durable_files(h)] == []
     finally:
         api.stop()
         for w in workers:
@@ -117,12 +164,12 @@ def test_a_database_restart_mid_training_loses_no_job_and_the_api_answers_503_me
 
 
 def check_two_replicas(first, tmp_path: Path, tiny_models: dict, env: dict[str, str], job_id: str) -> None:
-    """A second API replica (no workers) on the same database and state folders: the adapters the standalone
-    workers trained (which the first replica, running since before they existed, already serves without a
-    restart) are served by it too; a delete through one is a 404 on both; /metrics and the event stream answer
-    on either."""
+    """A second API replica (no workers, its own data dir) on the same database and object store: the adapters
+    the standalone workers trained (which the first replica, running since before they existed, already serves
+    without a restart) are served by it too; a delete through one is a 404 on both; /metrics and the event
+    stream answer on either."""
     second = tiny_server(tmp_path / "api2", tiny_models, workers=0)
-    second.env.update({k: env[k] for k in ("PEFTSERVE_DATABASE_URL", "PEFTSERVE_DATA_DIR", "PEFTSERVE_ADAPTERS_DIR")})
+    second.env.update({**env, **host_dirs(tmp_path / "api2")})
     (tmp_path / "api2").mkdir()
     second.start()
     try:
