@@ -68,4 +68,6 @@ def _adapter_store(settings: Settings, store: JobStore) -> AdapterStore:
     if not settings.storage_url:
         return LocalAdapterStore(settings.adapters_dir)
     blobs = Blobs(settings.storage("adapters"))
-    return RegistryAdapterStore(store, blobs, settings.cache_dir / "adapters", settings.scratch_dir)
+    adapters = RegistryAdapterStore(store, blobs, settings.cache_dir / "adapters", settings.scratch_dir)
+    adapters.prune_cache()  # versions deleted through other replicas while this process was away
+    return adapters

@@ -154,6 +154,7 @@ def test_a_database_restart_mid_training_loses_no_job_and_the_api_answers_503_me
             *(tmp_path / f"worker{i}" for i in range(3)),
         ]
         assert [f for h in hosts for f in durable_files(h)] == []
+        assert list((tmp_path / "api" / "data" / "cache").rglob("adapter_model.safetensors"))  # fetched, cached
     finally:
         api.stop()
         for w in workers:

@@ -78,3 +78,15 @@ def test_epoch_checkpoints_keep_the_newest_and_serve_from_any_host(storage_url, 
     assert other.job_ids() == ["job_1"]
     other.delete("job_1")
     assert mine.list("job_1") == [] and Blobs(f"{storage_url}/epochs").children() == []
+
+
+def test_an_object_store_that_is_away_is_a_503_not_a_traceback(tmp_path, monkeypatch, s3):
+    from app.client.local import free_port
+    from app.errors import StoreUnavailable
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")  # botocore's own retries: the standard variable
+    blobs = Blobs("s3://peftserve/away", skip_instance_cache=True, retries=1)  # a client made now, for that endpoint
+    with pytest.raises(StoreUnavailable) as e:
+        DatasetStore(blobs, JobStore(f"sqlite:///{tmp_path / 'jobs.db'}")).save([{"text": "a", "label": "b"}])
+    assert e.value.status_code == 503 and "did not answer" in e.value.message

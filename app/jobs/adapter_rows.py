@@ -42,6 +42,11 @@ class AdapterRows:
             q = select(AdapterRow).where(AdapterRow.name == name, AdapterRow.deleted_at.is_(None))
             return list(s.scalars(q.order_by(AdapterRow.version)))
 
+    def live_adapter_versions(self) -> list[AdapterRow]:
+        """Every live version of every name."""
+        with self.session() as s:
+            return list(s.scalars(select(AdapterRow).where(AdapterRow.deleted_at.is_(None))))
+
     def adapter_names(self) -> list[str]:
         """Every name with a live version."""
         with self.session() as s:

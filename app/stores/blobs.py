@@ -9,21 +9,48 @@ S3-compatible server). Listing (`children`) is for sweeps, never for a request p
 
 from __future__ import annotations
 
+import functools
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from app.errors import StoreUnavailable
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _answers(method: F) -> F:
+    """An object store that is away or refuses us (connection, credentials, a missing bucket) is a 503 in the
+    error envelope, not a traceback; a missing key stays FileNotFoundError, a bad key ValueError, and a local
+    disk's errors stay what they are."""
+
+    @functools.wraps(method)
+    def call(self: Blobs, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (FileNotFoundError, ValueError):
+            raise
+        except Exception as e:
+            if self.local:
+                raise
+            raise StoreUnavailable(f"the storage at {self.url} did not answer: {type(e).__name__}: {e}"[:500]) from e
+
+    return call  # type: ignore[return-value]
+
 
 class Blobs:
-    def __init__(self, url: str | Path):
+    def __init__(self, url: str | Path, **options: Any):
+        """`options`: the filesystem's own (fsspec storage options), for a caller that needs one."""
         url = str(url)
         if "://" not in url:
             url = str(Path(url).expanduser().resolve())
         # No listing cache: other hosts write here too, and a stale listing would hide their keys.
-        self.fs, root = fsspec.core.url_to_fs(url, use_listings_cache=False)
+        self.fs, root = fsspec.core.url_to_fs(url, use_listings_cache=False, **options)
         self.root = root.rstrip("/")
         self.url = url.rstrip("/")
 
@@ -42,6 +69,7 @@ class Blobs:
         return Path(self._full(key)) if self.local else None
 
     # ---- one key -------------------------------------------------------------------------------------
+    @_answers
     def put(self, key: str, data: bytes) -> None:
         """Write `data` under `key`, atomically (a temporary key, then a move)."""
         path = self._full(key)
@@ -55,6 +83,7 @@ class Blobs:
         finally:
             self._rm_quietly(tmp)
 
+    @_answers
     def get(self, key: str) -> bytes | None:
         """The bytes under `key`, or None if there is no such key."""
         try:
@@ -62,9 +91,11 @@ class Blobs:
         except (FileNotFoundError, IsADirectoryError):
             return None
 
+    @_answers
     def exists(self, key: str) -> bool:
         return self.fs.isfile(self._full(key))
 
+    @_answers
     def delete(self, key: str = "") -> None:
         """Remove a key, or every key under a prefix; nothing there is not an error."""
         self._rm_quietly(self._full(key), recursive=True)
@@ -85,6 +116,7 @@ class Blobs:
                 raise FileNotFoundError(f"{self.url}/{prefix}/{name}")
             (folder / name).write_bytes(data)
 
+    @_answers
     def children(self, prefix: str = "") -> list[str]:
         """The names directly under a prefix (for sweeps: an object store's listing is slow and paged)."""
         try:

@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from app.errors import AdapterUnloadable, NotFound, StoreUnavailable
+from app.errors import AdapterUnloadable, NotFound
 from app.jobs.store import JobStore
 from app.jobs.tables import AdapterRow
 from app.stores.adapters import (
@@ -62,10 +62,6 @@ class WeightCache:
                     raise
         except FileNotFoundError:
             raise NotFound(f"adapter {folder.name}: its weights are missing from the storage", "adapter") from None
-        except (AdapterUnloadable, NotFound):
-            raise
-        except Exception as e:  # noqa: BLE001 - the object store is away or refusing us: a 503, not a traceback
-            raise StoreUnavailable(f"the adapter storage did not answer: {type(e).__name__}: {e}"[:500]) from e
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
@@ -162,6 +158,15 @@ class RegistryAdapterStore(AdapterStore):
             self.blobs.delete(row.key)
             self.cache.drop(self._version(row).path)
         return [self._version(r) for r in rows]
+
+    def prune_cache(self) -> int:
+        """Remove this host's cached copies of versions deleted elsewhere (another replica deleted them: their
+        rows are gone, their files still here). Returns how many folders went."""
+        live = {self._version(r).path for r in self.store.live_adapter_versions()}
+        gone = [p for p in self.cache.root.glob("*/v*") if p.is_dir() and p not in live]
+        for path in gone:
+            self.cache.drop(path)
+        return len(gone)
 
     def _version(self, row: AdapterRow) -> AdapterVersion:
         meta = {**row.meta, "version": row.version, "created_at": row.created_at.isoformat()}
