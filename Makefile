@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint serve clean bench-inference bench-training bench-fuzz bench-load
+.PHONY: install demo test test-fast lint serve clean bench-inference bench-training bench-fuzz bench-load bench-storage
 
 install: $(STAMP)
 
@@ -50,6 +50,9 @@ bench-fuzz: install
 
 bench-load: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.load --clients 200 --seconds 60
+
+bench-storage: install
+	$(PY) -m bench.storage
 
 serve: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/peftserve serve

@@ -50,7 +50,7 @@ def store_url(request, tmp_path) -> str:
 def s3(tmp_path_factory: pytest.TempPathFactory):
     """A real S3-compatible server on loopback for the session (moto in server mode), its AWS_* variables set
     in this process for the session."""
-    from tests.support import S3Server
+    from app.stores.local_s3 import S3Server
 
     server = S3Server(tmp_path_factory.mktemp("s3"))
     saved = {k: os.environ.get(k) for k in server.env}

@@ -70,11 +70,15 @@ class Blobs:
 
     # ---- one key -------------------------------------------------------------------------------------
     @_answers
-    def put(self, key: str, data: bytes) -> None:
-        """Write `data` under `key`, atomically (a temporary key, then a move)."""
+    def put(self, key: str, data: bytes, fresh: bool = False) -> None:
+        """Write `data` under `key`, atomically (a temporary key, then a move). `fresh`: a key nobody reads until
+        something else names it (a new upload's own prefix, published by a database row): written directly."""
         path = self._full(key)
         if self.local:
             _write_local(Path(path), data)
+            return
+        if fresh:
+            self.fs.pipe_file(path, data)
             return
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         self.fs.pipe_file(tmp, data)
@@ -101,11 +105,11 @@ class Blobs:
         self._rm_quietly(self._full(key), recursive=True)
 
     # ---- folders -------------------------------------------------------------------------------------
-    def put_folder(self, folder: Path, prefix: str) -> None:
-        """Every file of a local folder (not its subfolders) under `prefix/`."""
+    def put_folder(self, folder: Path, prefix: str, fresh: bool = False) -> None:
+        """Every file of a local folder (not its subfolders) under `prefix/` (`fresh`: as in `put`)."""
         for path in sorted(folder.iterdir()):
             if path.is_file():
-                self.put(f"{prefix}/{path.name}", path.read_bytes())
+                self.put(f"{prefix}/{path.name}", path.read_bytes(), fresh=fresh)
 
     def get_folder(self, prefix: str, names: list[str], folder: Path) -> None:
         """The named keys under `prefix/` into a local folder (FileNotFoundError if one is missing)."""

@@ -52,7 +52,8 @@ class EpochStore:
                 "created_at": datetime.now(timezone.utc).isoformat(),
             }
             for name in (CONFIG, WEIGHTS):
-                self.blobs.put(f"{job_id}/step-{step}/{name}", (staging / name).read_bytes())
+                # unseen until the index names it (a step re-written after a crash is the same epoch's adapter)
+                self.blobs.put(f"{job_id}/step-{step}/{name}", (staging / name).read_bytes(), fresh=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         kept = sorted([*kept, {"step": step, "meta": meta}], key=lambda e: e["step"])

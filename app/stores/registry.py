@@ -95,7 +95,7 @@ class RegistryAdapterStore(AdapterStore):
         (staging / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub
         sha = sha256_file(staging / WEIGHTS)
         key = f"{name}/{uuid.uuid4().hex}"
-        self.blobs.put_folder(staging, key)
+        self.blobs.put_folder(staging, key, fresh=True)  # unseen until its row names it
         fields = {
             "key": key,
             "sha256": sha,
