@@ -10,6 +10,7 @@ import os
 import typer
 
 from app.client.commands import commands as client_commands
+from app.client.dataset_commands import dataset_commands
 
 app = typer.Typer(help="peftserve: LoRA fine-tuning service", no_args_is_help=True, add_completion=False)
 
@@ -116,6 +117,7 @@ def _connection(
 
 app.registered_commands += client_commands.registered_commands
 app.registered_groups += client_commands.registered_groups  # `peftserve adapters [download]`
+app.add_typer(dataset_commands, name="datasets")  # `peftserve datasets [show|delete]`
 
 
 def main() -> None:

@@ -214,6 +214,38 @@ class DatasetPublic(BaseModel):
     created_at: datetime
 
 
+class DatasetsPublic(BaseModel):
+    data: list[DatasetPublic]
+    has_more: bool
+
+
+class LengthPercentiles(BaseModel):
+    p50: int
+    p90: int
+    p99: int
+    max: int
+
+
+class DatasetDetailsPublic(DatasetPublic):
+    size_bytes: int | None = Field(None, description="the stored JSONL's size")
+    sha256: str = Field(description="of the stored JSONL (the id is its first 24 hex digits)")
+    length_chars: LengthPercentiles = Field(description="characters per row (text, and text_pair if any)")
+    length_words: LengthPercentiles = Field(description="whitespace-separated words per row")
+    first_rows: list[dict[str, Any]] = Field(description="the first rows as stored ({text, label[, text_pair]})")
+
+    @classmethod
+    def from_details(cls, d: Any) -> DatasetDetailsPublic:
+        base = DatasetPublic.model_validate(d.row, from_attributes=True).model_dump()
+        return cls(
+            **base,
+            size_bytes=d.row.size_bytes,
+            sha256=d.row.sha256,
+            length_chars=LengthPercentiles(**d.chars),
+            length_words=LengthPercentiles(**d.words),
+            first_rows=d.first_rows,
+        )
+
+
 class AdapterVersionPublic(BaseModel):
     name: str
     version: int

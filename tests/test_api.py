@@ -695,3 +695,37 @@ def test_multi_label_csv_upload(client):
     assert r.json()["multi_label"] is True and r.json()["labels"] == {"negative": 1, "positive": 1, "sport": 1}
     single = client.post("/datasets", files={"file": ("s.csv", b"text,label\na,x\nb,y\n")}).json()
     assert single["multi_label"] is False
+
+
+def test_datasets_are_a_resource_listed_described_and_deleted(client):
+    rows = [{"text": f"text number {i} " + "word " * i, "label": ["pos", "neg"][i % 3 == 0]} for i in range(30)]
+    first = client.post("/datasets", files={"file": ("a.jsonl", "".join(json.dumps(r) + "\n" for r in rows))}).json()
+    second = client.post("/datasets", files={"file": ("b.csv", b"text,label,text_pair\nx,y,z\nu,v,w\n")}).json()
+    page = client.get("/datasets", params={"limit": 1}).json()
+    assert [d["id"] for d in page["data"]] == [second["id"]] and page["has_more"]  # newest first
+    page = client.get("/datasets", params={"limit": 1, "after": second["id"]}).json()
+    assert [d["id"] for d in page["data"]] == [first["id"]] and not page["has_more"]
+    assert_error(client.get("/datasets", params={"after": "ds_nothing"}), 422, "after")
+
+    d = client.get(f"/datasets/{first['id']}").json()
+    assert d["labels"] == {"neg": 10, "pos": 20} and d["n_records"] == 30 and d["filename"] == "a.jsonl"
+    assert d["length_words"] == {"p50": 18, "p90": 30, "p99": 32, "max": 32}  # 3 + i words, i < 30: 3..32
+    assert d["length_chars"]["max"] == len(rows[-1]["text"]) and len(d["first_rows"]) == 5
+    assert d["first_rows"][0] == {"text": rows[0]["text"], "label": "neg"} and d["sha256"].startswith(first["id"][3:])
+    assert client.get(f"/datasets/{second['id']}").json()["first_rows"][0] == {
+        "text": "x",
+        "label": "y",
+        "text_pair": "z",
+    }
+
+    job = client.post(
+        "/jobs",
+        json={"adapter": "x", "base_model": "tiny-bert", "train": {"dataset": first["id"]}, "hyperparameters": HP},
+    ).json()
+    err = assert_error(client.delete(f"/datasets/{first['id']}"), 409, "dataset_id")
+    assert job["id"] in err["message"]  # names the job that holds it
+    client.post(f"/jobs/{job['id']}/cancel")
+    assert client.delete(f"/datasets/{first['id']}").json() == {"deleted": [first["id"]]}
+    assert_error(client.get(f"/datasets/{first['id']}"), 404)
+    assert_error(client.delete(f"/datasets/{first['id']}"), 404)
+    assert [d["id"] for d in client.get("/datasets").json()["data"]] == [second["id"]]

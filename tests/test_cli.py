@@ -337,3 +337,25 @@ def test_errors_print_the_message_and_exit_1(live):
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.startswith("error: ")
     r = invoke(live, "submit", str(write_jsonl(live.cwd / "x.jsonl", toy_sentiment(8))), "-a", "x", key=USER_KEY)
     assert r.exit_code == 1 and r.output.startswith("error: "), r.output  # a `use` key may not train
+
+
+@pytest.mark.e2e
+def test_datasets_are_listed_shown_and_deleted_in_80_columns(live):
+    rows = [{"text": f"a review that is long enough to fold {i}", "label": ["good", "bad"][i % 2]} for i in range(12)]
+    with PeftServeClient(live.url, ADMIN_KEY) as c:
+        ds = c.upload_dataset(write_jsonl(live.cwd / "reviews-with-a-long-file-name.jsonl", rows))["id"]
+
+    def narrow(*args):
+        r = runner.invoke(cli_app, ["--url", live.url, "--api-key", ADMIN_KEY, *args], env={"COLUMNS": "80"})
+        assert r.exit_code == 0, r.output
+        assert max(len(line) for line in r.output.splitlines()) <= 80, r.output
+        return r.output
+
+    out = narrow("datasets")
+    assert ds in out and "bad 6, good 6" in out.replace("\n", " ").replace("  ", " ")
+    out = narrow("datasets", "show", ds)
+    assert f"{ds}" in out and "12 rows, single-label" in out and "50.0%" in out
+    assert "words: p50 9" in out and "good: a review that is long enough to fold 0" in out
+    assert narrow("datasets", "delete", ds).strip() == f"deleted {ds}"
+    r = invoke(live, "datasets", "show", ds)
+    assert r.exit_code == 1 and "no dataset" in r.output

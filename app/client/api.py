@@ -181,7 +181,25 @@ class PeftServeClient:
             return self._request("POST", "/datasets", files={"file": (p.name, f)})
 
     def dataset(self, dataset_id: str) -> dict[str, Any]:
+        """One dataset: rows per label, length percentiles (`length_chars`, `length_words`), its first rows."""
         return self._request("GET", f"/datasets/{dataset_id}")
+
+    def datasets(self, limit: int = 20) -> list[dict[str, Any]]:
+        """Up to `limit` uploaded datasets, newest first (pages of at most 100 are followed)."""
+        out: list[dict[str, Any]] = []
+        while len(out) < limit:
+            params: dict[str, Any] = {"limit": min(100, limit - len(out))}
+            if out:
+                params["after"] = out[-1]["id"]
+            page = self._request("GET", "/datasets", params=params)
+            out += page["data"]
+            if not page["has_more"] or not page["data"]:
+                break
+        return out
+
+    def delete_dataset(self, dataset_id: str) -> list[str]:
+        """Delete a dataset (a 409 while a live job uses it); returns the deleted id in a list."""
+        return self._request("DELETE", f"/datasets/{dataset_id}")["deleted"]
 
     # ---- jobs ----------------------------------------------------------------------------------------
     def submit(

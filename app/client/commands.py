@@ -1,5 +1,5 @@
 """The client commands of `peftserve`: `submit`, `jobs`, `watch`, `cancel`, `pause`, `resume`, `adapters`
-(`download`), `predict`, `evaluate`.
+(`download`, `import`), `predict`, `evaluate` (and `datasets`, in app/client/dataset_commands.py).
 
 They talk to a server over HTTP through app.client (httpx) and print with rich; nothing heavy (torch, the
 app) is imported, so they start fast. app/cli.py adds them to the `peftserve` command.

@@ -10,12 +10,27 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
+from dataclasses import dataclass
+from typing import Any
 
-from app.errors import NotFound
+import numpy as np
+
+from app.errors import NotFound, ValidationFailed
 from app.jobs.store import JobStore
 from app.jobs.tables import DatasetRow
 from app.stores.blobs import Blobs
 from app.training.data import is_multilabel, label_names
+
+
+@dataclass
+class DatasetDetails:
+    """What a dataset holds, read from its rows: length percentiles (characters and words of text plus
+    text_pair) and the first rows as stored."""
+
+    row: DatasetRow
+    chars: dict[str, int]  # p50, p90, p99, max
+    words: dict[str, int]
+    first_rows: list[dict[str, Any]]
 
 
 class DatasetStore:
@@ -57,6 +72,29 @@ class DatasetStore:
     def get(self, dataset_id: str, field: str = "dataset") -> DatasetRow:
         return self.store.get_dataset(dataset_id, field=field)
 
+    def page(self, limit: int, after: str | None = None) -> tuple[list[DatasetRow], bool]:
+        """Newest first; `after` is the id of the last dataset of the previous page. Returns (rows, has_more)."""
+        anchor = None
+        if after is not None:
+            try:
+                row = self.store.get_dataset(_checked_id(after), field="after")
+            except NotFound:
+                raise ValidationFailed(f"no dataset {after!r} to page after", field="after") from None
+            anchor = (row.created_at, row.id)
+        rows = self.store.page_datasets(anchor, limit + 1)
+        return rows[:limit], len(rows) > limit
+
+    def details(self, dataset_id: str, first: int = 5) -> DatasetDetails:
+        row = self.get(dataset_id, field="dataset_id")
+        rows = self.load(dataset_id)
+        texts = [r["text"] + " " + r.get("text_pair", "") if r.get("text_pair") else r["text"] for r in rows]
+        return DatasetDetails(
+            row=row,
+            chars=_percentiles([len(t) for t in texts]),
+            words=_percentiles([len(t.split()) for t in texts]),
+            first_rows=rows[:first],
+        )
+
     def load(self, dataset_id: str) -> list[dict]:
         body = self.content(dataset_id)
         return [json.loads(line) for line in body.decode("utf-8").split("\n") if line.strip()]
@@ -71,6 +109,13 @@ class DatasetStore:
 
     def _remove(self, dataset_id: str) -> None:
         self.blobs.delete(f"{dataset_id}.jsonl")
+
+
+def _percentiles(values: list[int]) -> dict[str, int]:
+    if not values:
+        return {"p50": 0, "p90": 0, "p99": 0, "max": 0}
+    p50, p90, p99 = np.percentile(values, [50, 90, 99], method="higher")
+    return {"p50": int(p50), "p90": int(p90), "p99": int(p99), "max": max(values)}
 
 
 def _checked_id(dataset_id: str) -> str:
