@@ -34,6 +34,7 @@ from app.stores.archive import (
     read_archive,
     write_archive,
 )
+from app.suggest import hint
 from app.telemetry import Telemetry
 from app.training.config import Hyperparameters
 from app.training.data import (
@@ -185,7 +186,7 @@ class PeftServe:
         """A base this server knows, of an architecture it can train and serve (422 naming base_model)."""
         if name not in self.registry.sources:
             raise ValidationFailed(
-                f"unknown base model {name!r}; known: {', '.join(self.registry.names())}", field="base_model"
+                f"unknown base model {name!r}" + hint(name, self.registry.names(), "known"), field="base_model"
             )
         arch = self.registry.architecture(name)
         if arch is not None and arch.problem:

@@ -729,3 +729,19 @@ def test_datasets_are_a_resource_listed_described_and_deleted(client):
     assert_error(client.get(f"/datasets/{first['id']}"), 404)
     assert_error(client.delete(f"/datasets/{first['id']}"), 404)
     assert [d["id"] for d in client.get("/datasets").json()["data"]] == [second["id"]]
+
+
+def test_errors_suggest_the_closest_name_and_list_what_exists(client):
+    body = {"adapter": "x", "base_model": "tiny-bert", "train": {"records": toy_sentiment(20)}}
+    err = assert_error(client.post("/jobs", json={**body, "hyperparameters": {"learnig_rate": 1e-3}}), 422)
+    assert err["field"] == "hyperparameters.learnig_rate"
+    assert "did you mean 'learning_rate'?" in err["message"] and "epochs, learning_rate, lora_alpha" in err["message"]
+    err = assert_error(client.post("/jobs", json={**body, "validaton_split": 0.2}), 422, "validaton_split")
+    assert "did you mean 'validation_split'?" in err["message"]
+    err = assert_error(client.post("/jobs", json={**body, "base_model": "tiny-bret"}), 422, "base_model")
+    assert "did you mean 'tiny-bert'?" in err["message"] and "tiny-llama" in err["message"]
+    train(client, "sentiment", records=toy_sentiment(24))
+    err = assert_error(client.post("/predict", json={"adapter": "sentimnet", "inputs": ["good"]}), 404, "adapter")
+    assert "did you mean 'sentiment'?" in err["message"] and "(adapters: sentiment)" in err["message"]
+    r = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-bert", "hyperparameter": {}})
+    assert r.status_code == 400 and "did you mean 'hyperparameters'?" in r.json()["error"]["message"]

@@ -335,6 +335,7 @@ def test_errors_print_the_message_and_exit_1(live):
         pytest.skip("this server does not require an API key")
     r = peftserve(live, "jobs", key="wrong-key")
     assert r.returncode == 1 and "Traceback" not in r.stderr and r.stderr.startswith("error: ")
+    assert "invalid API key: pass --api-key KEY or set PEFTSERVE_API_KEY" in " ".join(r.stderr.split())
     r = invoke(live, "submit", str(write_jsonl(live.cwd / "x.jsonl", toy_sentiment(8))), "-a", "x", key=USER_KEY)
     assert r.exit_code == 1 and r.output.startswith("error: "), r.output  # a `use` key may not train
 

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import PeftServeError
+from app.suggest import hint
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,35 @@ def _loc_to_field(loc: tuple, error_type: str = "") -> str | None:
     return field or (source or None)
 
 
+def _field_names(request: Request, loc: tuple) -> list[str]:
+    """The field names the request body's model accepts at `loc` (("body", "hyperparameters") -> the
+    hyperparameters' names), found by walking the route's body model; [] where that isn't a model."""
+    route = request.scope.get("route")
+    body = getattr(route, "body_field", None)
+    if body is None or not loc or loc[0] != "body":
+        return []
+    model = getattr(body.field_info, "annotation", None)
+    for part in loc[1:]:
+        if _is_type_tag(part):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or part not in fields:
+            return []
+        model = _model_of(fields[part].annotation)
+    fields = getattr(model, "model_fields", None) or {}
+    return [f.alias or name for name, f in fields.items()]
+
+
+def _model_of(annotation: Any) -> Any:
+    """A field's model, through `X | None` and the like."""
+    if hasattr(annotation, "model_fields"):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        if hasattr(arg, "model_fields"):
+            return arg
+    return None
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(PeftServeError)
     async def _domain(request: Request, exc: PeftServeError) -> JSONResponse:
@@ -85,13 +115,17 @@ def install(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         # For a union (`str | list[str]`) each member reports; the deepest location is the useful one.
-        first = max(errors, key=lambda e: len(e.get("loc", ()))) if errors else {"loc": (), "msg": "invalid request"}
+        # An unknown name first: a typo (`hyperparameter`) explains the "Field required" beside it.
+        rank = lambda e: (e.get("type") == "extra_forbidden", len(e.get("loc", ())))  # noqa: E731
+        first = max(errors, key=rank) if errors else {"loc": (), "msg": "invalid request"}
         field = _loc_to_field(tuple(first.get("loc", ())), first.get("type", ""))
         msg = first.get("msg", "invalid request")
         if first.get("type") == "json_invalid":
             msg, field = f"body is not valid JSON: {first.get('ctx', {}).get('error', msg)}", "body"
         elif first.get("type") == "extra_forbidden":
-            msg = "unknown parameter (not part of this API)"
+            loc = tuple(first.get("loc", ()))
+            names = _field_names(request, loc[:-1])
+            msg = "unknown parameter (not part of this API)" + (hint(str(loc[-1]), names) if names else "")
         extra = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         return error_response(request.url.path, 422, "invalid_request", f"{field or 'request'}: {msg}{extra}", field)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from app.base_models.heads import Architecture, inspect_architecture
 from app.config import ModelSource
 from app.errors import NotFound
+from app.suggest import hint
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class ModelRegistry:
         try:
             return self.sources[name]
         except KeyError:
-            raise NotFound(f"unknown base model {name!r}; known: {', '.join(self.names())}", field=field) from None
+            raise NotFound(f"unknown base model {name!r}" + hint(name, self.names(), "known"), field=field) from None
 
     def resolve(self, name: str) -> ResolvedModel:
         """Where to load `name` from; packaged GGUF models are converted once into the cache."""

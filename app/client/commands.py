@@ -53,6 +53,8 @@ def _client(ctx: typer.Context) -> Iterator[PeftServeClient]:
         with PeftServeClient(obj.get("url"), obj.get("api_key")) as client:
             yield client
     except PeftServeAPIError as e:
+        if e.status == 401:  # the server names its header; the CLI user sets a flag or a variable
+            _fail(f"{e.message.split(':')[0]}: pass --api-key KEY or set PEFTSERVE_API_KEY (a key the server has)")
         _fail(e.message, e.field)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from app.errors import NotFound, ValidationFailed
+from app.suggest import hint
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
@@ -213,7 +214,7 @@ class LocalAdapterStore(AdapterStore):
         name, version = parse_ref(ref, field)
         versions = self._versions(name)
         if not versions:
-            raise NotFound(f"no adapter {name!r}", field=field)
+            raise NotFound(f"no adapter {name!r}" + hint(name, self.names(), "adapters"), field=field)
         if version is None:
             version = versions[-1]
         elif version not in versions:

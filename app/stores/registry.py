@@ -32,6 +32,7 @@ from app.stores.adapters import (
     validate_name,
 )
 from app.stores.blobs import Blobs
+from app.suggest import hint
 
 log = logging.getLogger(__name__)
 FILES = [CONFIG, WEIGHTS]
@@ -124,7 +125,7 @@ class RegistryAdapterStore(AdapterStore):
         name, version = parse_ref(ref, field)
         rows = self.store.adapter_versions(name)
         if not rows:
-            raise NotFound(f"no adapter {name!r}", field=field)
+            raise NotFound(f"no adapter {name!r}" + hint(name, self.names(), "adapters"), field=field)
         row = rows[-1] if version is None else next((r for r in rows if r.version == version), None)
         if row is None:
             raise NotFound(
