@@ -14,6 +14,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     UrlConstraints,
+    field_validator,
     model_validator,
 )
 
@@ -89,6 +90,9 @@ class ErrorInfo(BaseModel):
 class JobResult(BaseModel):
     adapter: str
     metrics: dict[str, Any]
+    warnings: list[str] = Field(
+        default_factory=list, description="what to look at in this result, each saying what to do about it"
+    )
 
 
 class JobPublic(BaseModel):
@@ -131,7 +135,9 @@ class JobPublic(BaseModel):
             finished_at=job.finished_at,
             progress=Progress(step=job.step, total_steps=job.total_steps, epoch=job.epoch, fraction=round(fraction, 4)),
             error=ErrorInfo(code=job.error_code, message=job.error_message or "") if job.error_code else None,
-            result=JobResult(adapter=job.result_adapter, metrics=job.result_metrics or {})
+            result=JobResult(
+                adapter=job.result_adapter, metrics=job.result_metrics or {}, warnings=job.result_warnings or []
+            )
             if job.result_adapter
             else None,
             attempts=job.attempts,
@@ -177,6 +183,7 @@ class EvalPoint(BaseModel):
     accuracy: float | None = None
     f1_macro: float | None = None
     per_label: dict[str, LabelMetrics] | None = None
+    predicted: dict[str, int] | None = Field(None, description="single-label: how often each label was predicted")
     f1_micro: float | None = Field(None, description="multi-label")
     subset_accuracy: float | None = Field(None, description="multi-label: rows with every label right")
     hamming_loss: float | None = Field(None, description="multi-label: share of wrong row-label decisions")
@@ -211,7 +218,13 @@ class DatasetPublic(BaseModel):
     n_records: int
     labels: dict[str, int] = Field(description="rows per label (multi-label: rows holding each)")
     multi_label: bool = Field(False, description="labels are lists: a multi-label task")
+    notes: list[str] = Field(default_factory=list, description="how the upload was read (integer labels as names)")
     created_at: datetime
+
+    @field_validator("notes", mode="before")
+    @classmethod
+    def _no_notes(cls, v: Any) -> Any:
+        return v or []
 
 
 class DatasetsPublic(BaseModel):

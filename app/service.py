@@ -125,8 +125,9 @@ class PeftServe:
     def upload_dataset(self, filename: str, content: bytes) -> DatasetRow:
         if len(content) > self.settings.max_upload_bytes:
             raise PayloadTooLarge(f"upload is over the limit of {self.settings.max_upload_bytes} bytes", "file")
-        rows = parse_upload(filename, content, self.limits)
-        return self.datasets.save(rows, filename=filename)
+        notes: list[str] = []
+        rows = parse_upload(filename, content, self.limits, notes)
+        return self.datasets.save(rows, filename=filename, notes=notes)
 
     def _data(self, source: schemas.DataSource, prefix: str = "", min_labels: int = 2) -> RequestData:
         """The data a request names: an uploaded dataset (unknown: a 422 naming the field, as any bad input),

@@ -745,3 +745,13 @@ def test_errors_suggest_the_closest_name_and_list_what_exists(client):
     assert "did you mean 'sentiment'?" in err["message"] and "(adapters: sentiment)" in err["message"]
     r = client.post("/v1/fine_tuning/jobs", json={"model": "tiny-bert", "hyperparameter": {}})
     assert r.status_code == 400 and "did you mean 'hyperparameters'?" in r.json()["error"]["message"]
+
+
+def test_integer_labels_are_taken_as_names_and_the_dataset_says_so(client):
+    body = b'{"text": "a", "label": 1}\n{"text": "b", "label": 0}\n{"text": "c", "label": 1}\n'
+    ds = client.post("/datasets", files={"file": ("ints.jsonl", body)}).json()
+    assert ds["labels"] == {"0": 1, "1": 2}
+    assert ds["notes"] == ["integer labels (0, 1) were read as label names: predictions answer them as strings"]
+    assert client.get(f"/datasets/{ds['id']}").json()["notes"] == ds["notes"]
+    named = client.post("/datasets", files={"file": ("s.csv", b"text,label\na,x\nb,y\n")}).json()
+    assert named["notes"] == []

@@ -36,6 +36,11 @@ def test_job_trains_saves_and_reports(settings):
     assert meta["labels"] == ["neg", "pos"] and meta["job_id"] == job.id and meta["base_model"] == "tiny-bert"
     kinds = [e.type for e in svc.store.events(job.id)]
     assert "metrics" in kinds
+    # 20 validation rows: the result says they are too few to judge on, and what to do (an event too)
+    (warning,) = done.result_warnings
+    assert warning.startswith("validation has only 20 rows") and "validation file" in warning
+    assert any(e.level == "warning" and e.message == f"Warning: {warning}" for e in svc.store.events(job.id))
+    assert sum(m.summary["predicted"].values()) == 20 and len(m.summary["predicted"]) == 2
 
 
 def test_base_is_shared_and_left_clean_between_jobs(settings):

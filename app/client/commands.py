@@ -255,6 +255,10 @@ def _summary(console: Any, job: dict[str, Any]) -> int:
         m = job["result"]["metrics"]
         keys = ("accuracy", "f1_macro", "loss", "train_loss", "steps", "train_seconds", "train_samples_per_second")
         console.print("  ".join(f"{k} {_fmt(m[k])}" for k in keys if k in m))
+        if "best_step" in m and m.get("steps") and m["best_step"] != m["steps"]:
+            console.print(f"kept the best validation epoch (step {m['best_step']} of {m['steps']}): its figures above")
+        for warning in job["result"].get("warnings", []):
+            console.print(f"[yellow]warning: {escape(warning)}[/]")
     if job["error"]:
         console.print(f"[red]{escape(job['error']['code'])}: {escape(job['error']['message'])}[/]")
     return 0 if job["status"] == "succeeded" else 1

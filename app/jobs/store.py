@@ -233,13 +233,14 @@ class JobStore(DatasetRows, AdapterRows):
         error: tuple[str, str] | None = None,
         result_adapter: str | None = None,
         result_metrics: dict | None = None,
+        result_warnings: list[str] | None = None,
         message: str,
     ) -> None:
         values: dict[str, Any] = {"status": status.value, "finished_at": utcnow(), "estimated_finish": None}
         if error:
             values.update(error_code=error[0], error_message=error[1])
         if result_adapter:
-            values.update(result_adapter=result_adapter, result_metrics=result_metrics)
+            values.update(result_adapter=result_adapter, result_metrics=result_metrics, result_warnings=result_warnings)
         with self.session() as s:
             done = s.execute(update(Job).where(_owned(job_id, worker_id)).values(**values)).rowcount
             if done:

@@ -74,6 +74,7 @@ class Job(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     result_adapter: Mapped[str | None] = mapped_column(String(80))
     result_metrics: Mapped[dict[str, Any] | None]
+    result_warnings: Mapped[list[Any] | None]  # what a succeeded job's user should look at, and what to do
     worker_id: Mapped[str | None] = mapped_column(String(80))
     heartbeat_at: Mapped[datetime | None]
     cancel_requested: Mapped[bool] = mapped_column(default=False)
@@ -146,6 +147,7 @@ class DatasetRow(Base):
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     size_bytes: Mapped[int | None]  # the stored JSONL's size (None: stored before it was recorded)
+    notes: Mapped[list[Any] | None]  # how the upload was read (integer labels taken as names)
 
 
 class AdapterRow(Base):

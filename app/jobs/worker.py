@@ -29,6 +29,7 @@ from app.jobs.store import JobStore
 from app.jobs.tables import Job, JobStatus, utcnow
 from app.resources import SharedResources
 from app.stores.adapters import AdapterVersion
+from app.training.advice import result_warnings
 from app.training.checkpoint import Checkpoints
 from app.training.config import Hyperparameters
 from app.training.data import is_multilabel, label_names, split_validation
@@ -48,6 +49,7 @@ class Outcome:
     kind: Literal["succeeded", "cancelled", "failed", "shutdown", "paused", "lost"]
     adapter: AdapterVersion | None = None  # succeeded: the version saved
     metrics: dict | None = None  # succeeded: the run's metrics
+    warnings: list[str] | None = None  # succeeded: what to look at (app/training/advice.py)
     error: tuple[str, str] | None = None  # failed: (code, message)
 
     @property
@@ -181,9 +183,11 @@ class Worker:
             meta["metrics"] = result.metrics
             if multi_label:
                 meta["thresholds"] = result.thresholds
-            return Outcome(
-                "succeeded", adapter=self.resources.adapters.commit(staging, job.adapter, meta), metrics=meta["metrics"]
-            )
+            adapter = self.resources.adapters.commit(staging, job.adapter, meta)
+            warnings = result_warnings([r["label"] for r in val], labels, result.metrics)
+            for warning in warnings:
+                self.store.add_event(job.id, f"Warning: {warning}", level="warning", data={"warning": warning})
+            return Outcome("succeeded", adapter=adapter, metrics=meta["metrics"], warnings=warnings)
         finally:
             self.resources.adapters.discard(staging)  # gone already once committed
 
@@ -230,6 +234,7 @@ class Worker:
                     JobStatus.succeeded,
                     result_adapter=ref,
                     result_metrics=outcome.metrics,
+                    result_warnings=outcome.warnings,
                     message=f"Saved adapter {ref}",
                 )
             case "cancelled":

@@ -38,7 +38,7 @@ class DatasetStore:
         self.blobs = blobs
         self.store = store
 
-    def save(self, rows: list[dict], filename: str | None = None) -> DatasetRow:
+    def save(self, rows: list[dict], filename: str | None = None, notes: list[str] | None = None) -> DatasetRow:
         """Store validated rows; the same content always gets the same id."""
         body = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows).encode()
         digest = hashlib.sha256(body).hexdigest()
@@ -53,6 +53,7 @@ class DatasetStore:
             multi_label=is_multilabel(rows),
             sha256=digest,
             size_bytes=len(body),
+            notes=notes or None,
         )
         return self.store.add_dataset(row)
 

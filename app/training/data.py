@@ -113,6 +113,26 @@ def _text(row: dict, key: str, where: str, limits: Limits, required: bool) -> st
     return value
 
 
+def _label_notes(rows: Any) -> list[str]:
+    """Integer labels are label names like any other (7 and "7" are one label): say so once."""
+    if not isinstance(rows, list):
+        return []
+    found = sorted(
+        {r["label"] for r in rows if isinstance(r, dict) and type(r.get("label")) is int}
+        | {
+            x
+            for r in rows
+            if isinstance(r, dict) and isinstance(r.get("label"), list)
+            for x in r["label"]
+            if type(x) is int
+        }
+    )
+    if not found:
+        return []
+    shown = ", ".join(map(str, found[:10])) + (", …" if len(found) > 10 else "")
+    return [f"integer labels ({shown}) were read as label names: predictions answer them as strings"]
+
+
 def surrogate_at(value: str) -> int | None:
     """Where `value` holds an unpaired surrogate (JSON's "\\ud800" decodes to one; no file or tokenizer
     takes it), or None for valid Unicode."""
@@ -123,9 +143,10 @@ def surrogate_at(value: str) -> int | None:
     return None
 
 
-def parse_upload(filename: str, content: bytes, limits: Limits) -> list[dict]:
+def parse_upload(filename: str, content: bytes, limits: Limits, notes: list[str] | None = None) -> list[dict]:
     """Parse a JSONL/JSON (stdlib `json`, types as written) or CSV (the `datasets` library) upload and validate it.
-    JSON rows are {text, label, text_pair?} or OpenAI chat rows {messages} (app/training/chat.py).
+    JSON rows are {text, label, text_pair?} or OpenAI chat rows {messages} (app/training/chat.py). `notes`, if
+    given, gets what the user should know about how the rows were read (integer labels taken as names).
 
     Errors name the file's row as `file[i]` (0-based record index) and, for JSON lines, the line in the message.
     """
@@ -160,6 +181,8 @@ def parse_upload(filename: str, content: bytes, limits: Limits) -> list[dict]:
     try:
         if isinstance(rows, list):  # OpenAI chat rows: the user turns are the text, the last message the label
             rows = [chat_record(r, f"file[{i}]") if is_chat_row(r) else r for i, r in enumerate(rows)]
+        if notes is not None:
+            notes += _label_notes(rows)
         return validate_records(rows, "file", limits)
     except ValidationFailed as e:
         m = re.match(r"file\[(\d+)\]", e.field or "")

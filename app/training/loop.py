@@ -318,12 +318,15 @@ class TrainingRun:
         if self.multi_label:
             y_pred = (out >= torch.tensor(self.thresholds)).int().tolist()
             return {"loss": loss, **multilabel_metrics(y_true, y_pred, self.labels)}
-        scores = classification_metrics(y_true, out.argmax(-1).tolist(), range(len(self.labels)))
+        y_pred = out.argmax(-1).tolist()
+        scores = classification_metrics(y_true, y_pred, range(len(self.labels)))
+        predicted = np.bincount(y_pred, minlength=len(self.labels)).tolist()
         return {
             "loss": loss,
             "accuracy": scores["accuracy"],
             "f1_macro": scores["f1_macro"],
             "per_label": dict(zip(self.labels, scores["per_label"].values(), strict=True)),  # by name, not index
+            "predicted": dict(zip(self.labels, predicted, strict=True)),  # how often each label was predicted
         }
 
     @torch.no_grad()

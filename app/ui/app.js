@@ -204,7 +204,8 @@ async function jobScreen(id, gen) {
       <div class="muted">created ${when(job.created_at)} · started ${when(job.started_at)} · finished ${when(job.finished_at)}
         · attempts ${job.attempts}${job.estimated_finish ? ` · <span data-eta>ETA ${when(job.estimated_finish)}</span>` : ""}${job.result ? ` · result <a href="#/adapters">${esc(job.result.adapter)}</a>` : ""}</div>
       ${job.error ? `<div class="error">${esc(job.error.code)}: ${esc(job.error.message)}</div>` : ""}
-      ${job.result ? `<div>accuracy <b>${fmt(job.result.metrics.accuracy, 3)}</b> · macro-F1 <b>${fmt(job.result.metrics.f1_macro, 3)}</b></div>` : ""}`;
+      ${job.result ? `<div>accuracy <b>${fmt(job.result.metrics.accuracy, 3)}</b> · macro-F1 <b>${fmt(job.result.metrics.f1_macro, 3)}</b></div>` : ""}
+      ${(job.result?.warnings ?? []).map(w => `<div class="warning" data-warning>warning: ${esc(w)}</div>`).join("")}`;
     for (const action of ["cancel", "pause", "resume"]) {
       view.querySelector(`#${action}`)?.addEventListener("click", () => api(`jobs/${id}/${action}`, { method: "POST" }).then(render, () => {}));
     }
