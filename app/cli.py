@@ -102,7 +102,7 @@ def _connection(
         None,
         "--url",
         envvar="PEFTSERVE_URL",
-        help="server URL for the client commands [default: http://127.0.0.1:8000]",
+        help="server URL for the client commands (default: http://127.0.0.1:8000)",
     ),
     api_key: str | None = typer.Option(
         None,

@@ -228,6 +228,7 @@ def test_submit_watch_then_jobs_adapters_predict_evaluate(live):
     assert steps[-1].split()[1].split("/")[1] == "384"  # 768 training rows / batches of 16 × 8 epochs
     assert "eval epoch 8.00" in out and "accuracy" in out
     assert f"{job_id} succeeded: adapter sent@v1" in out, out
+    assert "━" not in out and out.endswith("\n")  # piped: plain lines, no progress bar, the last line whole
     print(f"submit --watch: {time.monotonic() - started:.1f}s")
 
     with PeftServeClient(live.url, ADMIN_KEY) as c:  # the client on the real stream: every event, then the end
@@ -358,5 +359,14 @@ def test_datasets_are_listed_shown_and_deleted_in_80_columns(live):
     assert f"{ds}" in out and "12 rows, single-label" in out and "50.0%" in out
     assert "words: p50 9" in out and "good: a review that is long enough to fold 0" in out
     assert narrow("datasets", "delete", ds).strip() == f"deleted {ds}"
+    with PeftServeClient(live.url, ADMIN_KEY) as c:  # a job and an adapter to list (quick: 1 epoch)
+        hp = {"epochs": 1, "target_modules": ["query", "value"]}
+        job = c.submit("a-rather-long-adapter-name", toy_sentiment(40), base_model="tiny-bert", hyperparameters=hp)
+        c.wait(job["id"])
+    header = narrow("jobs").splitlines()[0].split()
+    assert header == ["id", "status", "adapter", "progress", "result"]  # whole names, the columns that matter
+    out = narrow("adapters")
+    assert out.splitlines()[0].split() == ["name", "latest", "accuracy", "f1", "versions", "labels"]
+    assert "a-rather-long-adapt" in out and "er-name@v1" in out  # a long name folds, nothing cut
     r = invoke(live, "datasets", "show", ds)
     assert r.exit_code == 1 and "no dataset" in r.output

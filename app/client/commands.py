@@ -31,9 +31,12 @@ _STATUS_STYLE = {
 
 
 def _console(stderr: bool = False):
+    """Rich output; piped (no terminal), long lines are kept whole rather than wrapped at 80 columns."""
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    console = Console(stderr=stderr, highlight=False)
+    console.soft_wrap = not console.is_terminal
+    return console
 
 
 def _fail(message: str, field: str | None = None, code: int = 1) -> NoReturn:
@@ -58,6 +61,17 @@ def _client(ctx: typer.Context) -> Iterator[PeftServeClient]:
         _fail(e.message, e.field)
 
 
+def _table(names: tuple[str, ...], no_wrap: tuple[str, ...] = ()) -> Any:
+    """A borderless table whose headers are never cut: each column at least as wide as its name; the rest
+    wraps (or folds) rather than being cut."""
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for name in names:
+        table.add_column(name, no_wrap=name in no_wrap, min_width=max(len(name), 6), overflow="fold")
+    return table
+
+
 def _status(status: str) -> str:
     return f"[{_STATUS_STYLE.get(status, 'white')}]{status}[/]"
 
@@ -79,19 +93,49 @@ def _parse_hp(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _hp_help(name: str) -> str:
+    """A hyperparameter's one-line help with the server's default (from the same model the server validates
+    with: pydantic only, no torch)."""
+    from app.training.config import Hyperparameters
+
+    field = Hyperparameters.model_fields[name]
+    return f"{field.description} (server default: {field.default})"
+
+
+def _hp_names() -> list[str]:
+    from app.training.config import Hyperparameters
+
+    return list(Hyperparameters.model_fields)
+
+
+_HP_NAMES = _hp_names()
+
+
 @commands.command()
 def submit(
     ctx: typer.Context,
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="training data: JSONL or CSV (text, label)"),
     adapter: str = typer.Option(..., "--adapter", "-a", help="adapter name (a new version if it exists)"),
-    base_model: str | None = typer.Option(None, "--base-model", "-m", help="base model [server default: minilm]"),
+    base_model: str = typer.Option(
+        "minilm",
+        "--base-model",
+        "-m",
+        help="a base the server has: minilm, smollm2-135m (built in) or one of its PEFTSERVE_MODELS",
+    ),
     validation: Path | None = typer.Option(None, exists=True, dir_okay=False, help="validation data file"),
-    validation_split: float | None = typer.Option(None, help="share of train held out when no --validation"),
-    epochs: int | None = typer.Option(None, help="hyperparameter epochs"),
-    batch_size: int | None = typer.Option(None, help="hyperparameter batch_size"),
-    learning_rate: float | None = typer.Option(None, help="hyperparameter learning_rate"),
-    lora_r: int | None = typer.Option(None, help="hyperparameter lora_r"),
-    hp: list[str] | None = typer.Option(None, "--hp", help="any hyperparameter as key=value (JSON value); repeatable"),
+    validation_split: float | None = typer.Option(
+        None, help="share of train held out when no --validation (server default: 0.1)", show_default=False
+    ),
+    epochs: int | None = typer.Option(None, help=_hp_help("epochs"), show_default=False),
+    batch_size: int | None = typer.Option(None, help=_hp_help("batch_size"), show_default=False),
+    learning_rate: float | None = typer.Option(None, help=_hp_help("learning_rate"), show_default=False),
+    lora_r: int | None = typer.Option(None, help=_hp_help("lora_r"), show_default=False),
+    hp: list[str] | None = typer.Option(
+        None,
+        "--hp",
+        help="any hyperparameter as key=value (JSON value), repeatable: " + ", ".join(_HP_NAMES),
+        show_default=False,
+    ),
     init_from: str | None = typer.Option(
         None, "--init-from", help="continue this adapter version (name or name@vN): its weights, labels, LoRA shape"
     ),
@@ -135,25 +179,24 @@ def jobs(
 ) -> None:
     """List jobs, newest first."""
     from rich.markup import escape
-    from rich.table import Table
 
     with _client(ctx) as client:
         rows = client.jobs(status=status, limit=limit)
-    table = Table(box=None, header_style="bold")
-    for name in ("id", "status", "adapter", "base", "progress", "created", "result"):
-        table.add_column(name, no_wrap=name in ("id", "status"))
+    console = _console()
+    narrow = console.width < 110  # the columns that matter first; base and created only where they fit
+    names = ("id", "status", "adapter", "progress", "result") + (() if narrow else ("base", "created"))
+    table = _table(names, no_wrap=("id", "status"))
     for j in rows:
         p = j["progress"]
         progress = f"{p['step']}/{p['total_steps']}" if p["total_steps"] else "-"
         if j["result"]:
             m = j["result"]["metrics"]
             result = j["result"]["adapter"] + (f" f1 {m['f1_macro']:.3f}" if "f1_macro" in m else "")
+            result += " [yellow](warnings)[/]" if j["result"].get("warnings") else ""
         else:
             result = f"[red]{escape(j['error']['message'])}[/]" if j["error"] else ""
-        table.add_row(
-            j["id"], _status(j["status"]), escape(j["adapter"]), j["base_model"], progress, j["created_at"][:19], result
-        )
-    console = _console()
+        cells = [j["id"], _status(j["status"]), escape(j["adapter"]), progress, result]
+        table.add_row(*cells, *(() if narrow else (j["base_model"], j["created_at"][:19])))
     console.print(table) if rows else console.print("no jobs")
 
 
@@ -203,7 +246,7 @@ class _JobView:
             TextColumn("epoch {task.fields[epoch]}  loss {task.fields[loss]}  ETA"),
             TimeRemainingColumn(),
             console=self.console,
-            disable=quiet,
+            disable=quiet or self.lines,  # piped: plain lines only (a bar's redraws would cut the last line)
         )
         self.task = self.progress.add_task(job_id, total=None, epoch="-", loss="-")
 
@@ -237,7 +280,7 @@ class _JobView:
         if self.quiet:
             return
         if event.type == "metrics":  # a validation pass
-            shown = "  ".join(f"{k} {_fmt(v)}" for k, v in values.items())
+            shown = "  ".join(f"{k} {_fmt(v)}" for k, v in values.items() if not isinstance(v, dict))
             self.console.print(f"[cyan]{data.get('kind', 'eval')}[/] epoch {epoch}  {shown}")
         else:
             style = "red" if event.level in ("error", "warning") else "dim"
@@ -306,7 +349,7 @@ def download(
     ctx: typer.Context,
     ref: str = typer.Argument(..., metavar="ADAPTER", help="`name` (newest version) or `name@vN`"),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="file or folder to write [default: NAME-vN.tar.gz here]"
+        None, "--output", "-o", help="file or folder to write (default: NAME-vN.tar.gz here)"
     ),
 ) -> None:
     """Download an adapter as a .tar.gz of the standard peft folder (loadable with PeftModel.from_pretrained)."""
@@ -322,7 +365,7 @@ def import_(
     name: str = typer.Option(..., "--name", "-n", help="adapter name (a new version if it exists)"),
     base_model: str = typer.Option(..., "--base-model", "-m", help="the base it was trained on (server's name)"),
     labels: str | None = typer.Option(
-        None, help="label names in the head's order, comma-separated [default: from the archive]"
+        None, help="label names in the head's order, comma-separated (default: from the archive)"
     ),
 ) -> None:
     """Import an adapter trained elsewhere with peft (or downloaded from a peftserve server)."""
@@ -334,28 +377,28 @@ def import_(
 
 def _list_adapters(ctx: typer.Context) -> None:
     from rich.markup import escape
-    from rich.table import Table
 
     with _client(ctx) as client:
         body = client.adapters()
     loaded = {a["adapter"] for a in body.get("loaded", [])}
-    table = Table(box=None, header_style="bold")
-    for name in ("name", "latest", "versions", "base", "labels", "accuracy", "f1", "loaded"):
-        table.add_column(name, no_wrap=name in ("name", "latest"))
+    console = _console()
+    narrow = console.width < 110  # base and loaded only where they fit
+    names = ("name", "latest", "accuracy", "f1", "versions", "labels") + (() if narrow else ("base", "loaded"))
+    table = _table(names)  # long names fold
     for a in body["data"]:
         latest = next((v for v in a["versions"] if v["ref"] == a["latest"]), a["versions"][-1])
         m = latest["metrics"]
-        table.add_row(
+        cells = [
             escape(a["name"]),
             escape(a["latest"]),
-            str(len(a["versions"])),
-            latest["base_model"],
-            escape(", ".join(latest["labels"])),
             _fmt(m["accuracy"]) if "accuracy" in m else "-",
             _fmt(m["f1_macro"]) if "f1_macro" in m else "-",
-            ", ".join(v["ref"] for v in a["versions"] if v["ref"] in loaded) or "-",
-        )
-    console = _console()
+            str(len(a["versions"])),
+            escape(", ".join(latest["labels"])),
+        ]
+        if not narrow:
+            cells += [latest["base_model"], ", ".join(v["ref"] for v in a["versions"] if v["ref"] in loaded) or "-"]
+        table.add_row(*cells)
     console.print(table) if body["data"] else console.print("no adapters")
 
 
