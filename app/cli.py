@@ -4,7 +4,6 @@ app/client/commands.py) that talk to a server over HTTP."""
 
 from __future__ import annotations
 
-import logging
 import os
 
 import typer
@@ -16,7 +15,10 @@ app = typer.Typer(help="peftserve: LoRA fine-tuning service", no_args_is_help=Tr
 
 
 def _logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    from app.config import get_settings
+    from app.logs import setup_logging
+
+    setup_logging(level, third_party=get_settings().third_party_warnings)
 
 
 @app.command()

@@ -38,6 +38,10 @@ class Settings(BaseSettings):
         " Default: data_dir and adapters_dir",
     )
 
+    third_party_warnings: bool = Field(
+        False, description="show the libraries' own warnings, load reports and progress bars (for debugging)"
+    )
+
     # Models
     models_root: Path = Field(
         Path("models"), description="the one folder local base models (kind=local) may be loaded from"

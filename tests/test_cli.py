@@ -229,6 +229,9 @@ def test_submit_watch_then_jobs_adapters_predict_evaluate(live):
     assert "eval epoch 8.00" in out and "accuracy" in out
     assert f"{job_id} succeeded: adapter sent@v1" in out, out
     assert "━" not in out and out.endswith("\n")  # piped: plain lines, no progress bar, the last line whole
+    log = (live.cwd / "server.log").read_text()  # the server and its worker: no third-party noise
+    for noise in ("FutureWarning", "LOAD REPORT", "Loading weights", "alembic", "kernels"):
+        assert noise not in log, noise
     print(f"submit --watch: {time.monotonic() - started:.1f}s")
 
     with PeftServeClient(live.url, ADMIN_KEY) as c:  # the client on the real stream: every event, then the end
@@ -370,3 +373,17 @@ def test_datasets_are_listed_shown_and_deleted_in_80_columns(live):
     assert "a-rather-long-adapt" in out and "er-name@v1" in out  # a long name folds, nothing cut
     r = invoke(live, "datasets", "show", ds)
     assert r.exit_code == 1 and "no dataset" in r.output
+
+
+def test_third_party_noise_is_filtered_unless_asked_for():
+    script = (
+        "import logging, warnings, sys; from app.logs import setup_logging;"
+        " setup_logging('info', third_party=sys.argv[1] == 'show');"
+        " level = lambda name: logging.getLogger(name).getEffectiveLevel();"
+        " print(level('alembic'), level('bitsandbytes'));"
+        " warnings.warn_explicit('old', FutureWarning, 'x.py', 1, module='transformers.modeling_utils')"
+    )
+    quiet = subprocess.run([sys.executable, "-c", script, "quiet"], capture_output=True, text=True)
+    shown = subprocess.run([sys.executable, "-c", script, "show"], capture_output=True, text=True)
+    assert quiet.stdout.split() == ["30", "40"] and "FutureWarning" not in quiet.stderr
+    assert shown.stdout.split() == ["20", "20"] and "FutureWarning: old" in shown.stderr

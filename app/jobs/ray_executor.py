@@ -25,12 +25,16 @@ class TrainingActor:
     """What runs inside a Ray actor (made remote by RayExecutor, threaded so `stop` reaches a running `run`)."""
 
     def __init__(self, settings: dict[str, Any], threads: int):
+        from app.logs import setup_logging
+
+        config = Settings(_env_file=None, **settings)
+        setup_logging("info", third_party=config.third_party_warnings)  # before transformers is imported
         import torch
 
         from app.jobs.worker import Worker
 
         torch.set_num_threads(max(1, threads))
-        self.worker = Worker(Settings(_env_file=None, **settings))
+        self.worker = Worker(config)
 
     def worker_id(self) -> str:
         return self.worker.id
