@@ -17,8 +17,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from app.jobs.tables import Job, JobStatus
+from app.stores.adapters import NAME_PATTERN, REF_PATTERN
 from app.training.config import Hyperparameters
 from app.training.data import surrogate_at
 
@@ -33,6 +35,18 @@ def _encodable(value: str) -> str:
 Text = Annotated[StrictStr, AfterValidator(_encodable)]
 
 
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise PydanticCustomError("blank", "is empty (nothing but whitespace)")
+    return value
+
+
+# A text to classify: something besides whitespace (the document says so with a pattern).
+InputText = Annotated[
+    StrictStr, AfterValidator(_not_blank), AfterValidator(_encodable), Field(json_schema_extra={"pattern": r"\S"})
+]
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -41,13 +55,27 @@ class Record(BaseModel):
     text_pair: Text | None = None
 
 
+def one_of(*names: str) -> dict[str, Any]:
+    """The model's JSON schema says what its validator checks: exactly one of these fields."""
+    return {"oneOf": [{"required": [name]} for name in names]}
+
+
+def _no_default(schema: dict[str, Any]) -> None:
+    schema.pop("default", None)  # absent, not null: the other field of a oneOf is given instead
+
+
+def _ref_without_default(schema: dict[str, Any]) -> None:
+    _no_default(schema)
+    schema["pattern"] = REF_PATTERN
+
+
 class DataSource(BaseModel):
     """Inline records, or the id of an uploaded dataset (exactly one)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=one_of("records", "dataset"))
 
-    records: list[Record] | None = None
-    dataset: Text | None = None
+    records: list[Record] = Field(None, json_schema_extra=_no_default)  # type: ignore[assignment]
+    dataset: Text = Field(None, description="an uploaded dataset's id (ds_…)", json_schema_extra=_no_default)  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _one(self) -> DataSource:
@@ -59,7 +87,10 @@ class DataSource(BaseModel):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    adapter: Text = Field(description="name of the adapter to train; a new version if it exists")
+    adapter: Text = Field(
+        description="name of the adapter to train; a new version if it exists",
+        json_schema_extra={"pattern": NAME_PATTERN},  # checked by the service, which says what a name may be
+    )
     base_model: Text = "minilm"
     train: DataSource
     validation: DataSource | None = None
@@ -299,14 +330,21 @@ class DeletedPublic(BaseModel):
 class PredictRequest(BaseModel):
     """One adapter (`adapter`), or several classifiers on the same inputs (`adapters`): exactly one."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=one_of("adapter", "adapters"))
 
-    adapter: Text | None = Field(None, description="`name` (newest version) or `name@vN`")
-    adapters: list[Text] | None = Field(
-        None, min_length=1, description="several adapters: each input answered by every one, in one mixed batch"
+    adapter: Text = Field(  # type: ignore[assignment]
+        None, description="`name` (newest version) or `name@vN`", json_schema_extra=_ref_without_default
     )
-    inputs: Text | list[Text]
-    text_pairs: list[Text] | None = Field(None, description="second texts, one per input (pair tasks)")
+    adapters: list[Annotated[Text, Field(json_schema_extra={"pattern": REF_PATTERN})]] = Field(  # type: ignore[assignment]
+        None,
+        min_length=1,
+        description="several adapters: each input answered by every one, in one mixed batch",
+        json_schema_extra=_no_default,
+    )
+    inputs: InputText | Annotated[list[InputText], Field(min_length=1)] = Field(
+        description="a text, or a list of texts (at most the server's PEFTSERVE_MAX_PREDICT_INPUTS)"
+    )
+    text_pairs: list[InputText] | None = Field(None, description="second texts, one per input (pair tasks)")
 
 
 class Prediction(BaseModel):
@@ -339,7 +377,9 @@ class MultiPredictResponse(BaseModel):
 class EvaluateRequest(DataSource):
     """An adapter, and labelled data to score it on: inline records or an uploaded dataset (exactly one)."""
 
-    adapter: Text
+    adapter: Text = Field(
+        description="`name` (newest version) or `name@vN`", json_schema_extra={"pattern": REF_PATTERN}
+    )
 
 
 class EvaluateResponse(BaseModel):

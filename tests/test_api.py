@@ -302,7 +302,7 @@ def test_unicode_surrogates_and_unparseable_bodies_are_422(client):
     deep = b"[" * 100_000 + b"]" * 100_000
     assert_error(client.post("/jobs", content=deep, headers={"content-type": "application/json"}), 422, "body")
     assert_error(client.get("/jobs/job_x/events", params={"after": 2**63}), 422, "after")
-    assert_error(client.get("/jobs", params={"after": "job_unknown"}), 422, "after")
+    assert_error(client.get("/jobs", params={"after": "job_unknown"}), 404, "after")
     assert_error(client.post("/evaluate", json={"adapter": "x"}), 422, "body")
 
 
@@ -705,7 +705,7 @@ def test_datasets_are_a_resource_listed_described_and_deleted(client):
     assert [d["id"] for d in page["data"]] == [second["id"]] and page["has_more"]  # newest first
     page = client.get("/datasets", params={"limit": 1, "after": second["id"]}).json()
     assert [d["id"] for d in page["data"]] == [first["id"]] and not page["has_more"]
-    assert_error(client.get("/datasets", params={"after": "ds_nothing"}), 422, "after")
+    assert_error(client.get("/datasets", params={"after": "ds_nothing"}), 404, "after")
 
     d = client.get(f"/datasets/{first['id']}").json()
     assert d["labels"] == {"neg": 10, "pos": 20} and d["n_records"] == 30 and d["filename"] == "a.jsonl"
@@ -755,3 +755,31 @@ def test_integer_labels_are_taken_as_names_and_the_dataset_says_so(client):
     assert client.get(f"/datasets/{ds['id']}").json()["notes"] == ds["notes"]
     named = client.post("/datasets", files={"file": ("s.csv", b"text,label\na,x\nb,y\n")}).json()
     assert named["notes"] == []
+
+
+def test_the_api_document_tells_the_truth_about_what_it_accepts(client):
+    doc = client.get("/openapi.json").json()
+    for path, ops in doc["paths"].items():  # a 405 lists every method of the path (OPTIONS is served by none)
+        r = client.options(path.replace("{", "").replace("}", ""))
+        assert r.status_code == 405 and r.headers["allow"] == ", ".join(sorted(m.upper() for m in ops)), path
+    schemas = doc["components"]["schemas"]
+    assert schemas["DataSource"]["oneOf"] == [{"required": ["records"]}, {"required": ["dataset"]}]
+    assert schemas["PredictRequest"]["oneOf"] == [{"required": ["adapter"]}, {"required": ["adapters"]}]
+    assert "pattern" in schemas["JobCreate"]["properties"]["adapter"]
+    params = {p["name"]: p for p in doc["paths"]["/jobs/{job_id}/events"]["get"]["parameters"]}
+    assert params["last-event-id"]["schema"]["pattern"] == "^[0-9]{1,18}$"
+    assert "multipart/form-data" in doc["paths"]["/adapters"]["post"]["requestBody"]["content"]
+    # what the document allows is accepted: a name with "..", an upload named "file", a valid Last-Event-ID
+    assert client.get("/adapters/a..b").status_code == 404
+    ds = client.post("/datasets", files={"file": ("file", b'{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}')})
+    assert ds.status_code == 201, ds.text
+    job = train(client, "sent", records=toy_sentiment(24))
+    r = client.get(f"/jobs/{job['id']}/events", params={"stream": "true"}, headers={"Last-Event-ID": "2"})
+    assert r.status_code == 200 and "id: 1\n" not in r.text and "id: 3\n" in r.text
+    assert_error(
+        client.get(f"/jobs/{job['id']}/events", params={"stream": "true"}, headers={"Last-Event-ID": "x"}), 422
+    )
+    err = assert_error(client.post("/predict", json={"adapter": "sent", "inputs": ["  "]}), 422, "inputs[0]")
+    assert err["message"].startswith("inputs[0]: is empty")
+    assert_error(client.post("/predict", json={"adapter": "sent", "inputs": []}), 422, "inputs")
+    assert_error(client.get("/jobs", params={"after": ""}), 422, "after")

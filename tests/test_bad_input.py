@@ -144,7 +144,6 @@ JOB_CASES = [
     # adapter names
     ("name-missing", {"base_model": "tiny-bert", "train": {"records": two()}}, "adapter"),
     ("name-dotdot", job(adapter="../etc"), "adapter"),
-    ("name-dotdot-inside", job(adapter="a..b"), "adapter"),
     ("name-slash", job(adapter="a/b"), "adapter"),
     ("name-backslash", job(adapter="a\\b"), "adapter"),
     ("name-space", job(adapter="my adapter"), "adapter"),
@@ -277,7 +276,7 @@ def test_wrong_content_type(server):
 PREDICT_CASES = [
     ("zero-inputs", {"adapter": "sent", "inputs": []}, "inputs", 422),
     ("too-many-inputs", {"adapter": "sent", "inputs": ["good"] * (MAX_PREDICT + 1)}, "inputs", 422),
-    ("empty-input", {"adapter": "sent", "inputs": ""}, "inputs[0]", 422),
+    ("empty-input", {"adapter": "sent", "inputs": ""}, "inputs", 422),
     ("whitespace-input", {"adapter": "sent", "inputs": ["good", " \n"]}, "inputs[1]", 422),
     ("input-over-limit", {"adapter": "sent", "inputs": ["good", "a" * (MAX_TEXT + 1)]}, "inputs[1]", 422),
     ("input-number", {"adapter": "sent", "inputs": ["good", 3]}, "inputs[1]", 422),
@@ -362,8 +361,7 @@ UPLOADS = [
     ("empty-file", "d.jsonl", b"", "file", "empty"),
     ("whitespace-file", "d.jsonl", b" \n\n \n", "file", "empty"),
     ("csv-header-only", "d.csv", b"text,label\n", "file", "at least one record"),
-    ("wrong-extension", "d.txt", GOOD_JSONL, "file", ".csv"),
-    ("no-extension", "data", GOOD_JSONL, "file", ".csv"),
+    # (a file without .jsonl/.json/.csv is read by its first character: tests/test_data.py)
     ("binary", "d.jsonl", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "file", "UTF-8"),
     ("latin1-jsonl", "d.jsonl", '{"text": "café crème", "label": "pos"}\n'.encode("latin-1"), "file", "UTF-8"),
     ("latin1-csv", "d.csv", "text,label\ncafé,pos\nthé,neg\n".encode("latin-1"), "file", "UTF-8"),
@@ -507,7 +505,7 @@ PATHS = [
     ("jobs-limit-huge", "GET", "/jobs?limit=1000000", 422, "limit"),
     ("jobs-limit-abc", "GET", "/jobs?limit=abc", 422, "limit"),
     ("jobs-status-unknown", "GET", "/jobs?status=done", 422, "status"),
-    ("jobs-after-unknown", "GET", "/jobs?after=job_unknown", 422, "after"),
+    ("jobs-after-unknown", "GET", "/jobs?after=job_unknown", 404, "after"),
     ("events-after-negative", "GET", "/jobs/{job}/events?after=-1", 422, "after"),
     ("events-after-huge", "GET", "/jobs/{job}/events?after=99999999999999999999", 422, "after"),
     ("events-limit-zero", "GET", "/jobs/{job}/events?limit=0", 422, "limit"),

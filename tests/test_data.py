@@ -70,7 +70,7 @@ def test_jsonl_texts_may_hold_unicode_line_separators():
         ("d.jsonl", b'{"text": "a", "label": "x"}\n{"text": "b", "lab', "could not parse"),
         ("d.csv", b"txt,label\na,x\nb,y\n", "missing column"),
         ("d.jsonl", "caf\xe9".encode("latin-1"), "not UTF-8"),
-        ("d.txt", b"a", "must be .jsonl"),
+        ("d.txt", b"a", "missing column"),  # no known extension: read as CSV (no JSON first character)
         ("d.csv", b"   ", "empty"),
         ("d.csv", b"text,label\n,x\nb,y\n", "empty"),
     ],
@@ -219,3 +219,9 @@ def test_prompt_text_is_the_user_turns_of_a_conversation_ending_with_one():
     with pytest.raises(ValidationFailed) as e:
         prompt_text("hi")
     assert e.value.field == "messages"
+
+
+def test_an_upload_without_a_known_extension_is_read_by_its_first_character():
+    jsonl = b'{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n'
+    rows = [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]
+    assert parse_upload("file", jsonl, LIMITS) == parse_upload("d.txt", b"text,label\na,x\nb,y\n", LIMITS) == rows

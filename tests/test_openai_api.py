@@ -71,7 +71,7 @@ def test_errors_use_openais_envelope_and_statuses_under_v1_only(client):
     assert_openai_error(
         client.post("/v1/files", files={"file": ("a.jsonl", b"x")}, data={"purpose": "batch"}), 400, "purpose"
     )
-    assert_openai_error(client.get("/v1/files", params={"after": "ds_nope"}), 400, "after")
+    assert_openai_error(client.get("/v1/files", params={"after": "ds_nope"}), 404, "after")
     # the native face keeps its own envelope
     native = client.get("/jobs/job_nope").json()["error"]
     assert set(native) == {"code", "message", "field"}

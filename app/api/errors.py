@@ -6,6 +6,7 @@ so the official SDK raises its own error classes. Handlers pick the envelope by 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -96,6 +97,18 @@ def _field_names(request: Request, loc: tuple) -> list[str]:
     return [f.alias or name for name, f in fields.items()]
 
 
+def _methods_of(request: Request) -> list[str]:
+    """Every method the API document lists for this request's path (Starlette's 405 names only the first
+    matching route's, and each route of a path here is one method)."""
+    table = getattr(request.app.state, "methods_by_path", None)
+    if table is None:
+        table = request.app.state.methods_by_path = [
+            (re.compile("^" + re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(path)) + "$"), sorted(m.upper() for m in ops))
+            for path, ops in sorted(request.app.openapi().get("paths", {}).items(), key=lambda p: p[0].count("{"))
+        ]  # literal paths first: /adapters/loaded before /adapters/{name}
+    return next((methods for pattern, methods in table if pattern.match(request.url.path)), [])
+
+
 def _model_of(annotation: Any) -> Any:
     """A field's model, through `X | None` and the like."""
     if hasattr(annotation, "model_fields"):
@@ -138,10 +151,11 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404 and exc.detail == "Not Found":  # no route: the path itself is what is wrong
             # (an encoded '/' in a name, e.g. /adapters/..%2Fx, makes the path another route's, or none)
             message, field = f"no endpoint at {request.url.path!r}; see /docs for the API", "path"
-        elif exc.status_code == 405:
-            allowed = (exc.headers or {}).get("Allow", "")
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first matching route's methods; the path has them all
+            allowed = ", ".join(_methods_of(request)) or headers.get("Allow", "")
+            headers["Allow"] = allowed
             message, field = f"{request.method} is not allowed on {request.url.path!r}; allowed: {allowed}", "method"
-        headers = dict(exc.headers or {})  # e.g. Allow
         return error_response(request.url.path, exc.status_code, code, message, field, headers=headers)
 
     @app.exception_handler(Exception)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 import anyio
 from anyio import to_thread
 
+from app.errors import ValidationFailed
 from app.jobs.store import JobStore
 from app.jobs.tables import JobEvent, JobStatus
 from app.schemas import EventPublic
@@ -76,6 +77,16 @@ async def job_event_stream(
             yield ": keep-alive\n\n"
             quiet_since = time.monotonic()
         await anyio.sleep(poll_interval)
+
+
+def last_event_id(header: str | None) -> int | None:
+    """The `Last-Event-ID` header: an event id (digits), or None; anything else is a 422 naming it."""
+    if header is None or not header.strip():
+        return None
+    value = header.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 18:
+        raise ValidationFailed("Last-Event-ID must be an event id (digits)", field="Last-Event-ID")
+    return int(value)
 
 
 def resume_after(after: int, last_event_id: int | None) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from app.errors import Conflict, NotFound, ValidationFailed
+from app.errors import Conflict, NotFound
 from app.jobs.adapter_rows import AdapterRows
 from app.jobs.database import every_call_resilient, make_engine, resilient
 from app.jobs.dataset_rows import DatasetRows
@@ -89,7 +89,7 @@ class JobStore(DatasetRows, AdapterRows):
             if after is not None:
                 anchor = s.get(Job, after)
                 if anchor is None:
-                    raise ValidationFailed(f"no job {after!r} to page after", field="after")
+                    raise NotFound(f"no job {after!r} to page after", field="after")
                 q = q.where(beyond(Job.created_at, Job.id, (anchor.created_at, anchor.id), ascending=False))
             rows = list(s.scalars(q.limit(limit + 1)))
         return rows[:limit], len(rows) > limit

@@ -136,7 +136,7 @@ def _anchor(svc: PeftServe, after: str) -> tuple[datetime, str]:
         else:
             at = _dataset(svc, after).created_at
     except NotFound:
-        raise ValidationFailed(f"no file {after!r} to page after", "after") from None
+        raise NotFound(f"no file {after!r} to page after", "after") from None
     assert at is not None
     return at, after
 

@@ -111,7 +111,7 @@ def checkpoints(svc: PeftServe, job_id: str, after: str | None, limit: int) -> o
     job = _job(svc, job_id)
     kept = list(reversed(svc.resources.epochs.list(job.id)))
     if after:
-        step = _number(after.removeprefix(f"{CHECKPOINT_PREFIX}{job.id}-"), "", "after")
+        step = _number(after.rsplit("-", 1)[-1], "", "after")  # ftckpt-<job id>-<step>
         kept = [v for v in kept if v.version < step]
     data = []
     for v in kept[:limit]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import datetime
 
-from app.errors import NotFound, ValidationFailed
+from app.errors import Conflict, NotFound, ValidationFailed
 from app.jobs.tables import JobStatus
 from app.openai_compat import schemas as oa
 from app.openai_compat.names import model_id, parse_fine_tuned
@@ -35,9 +35,7 @@ def get(svc: PeftServe, model: str) -> oa.Model:
 def delete(svc: PeftServe, model: str) -> oa.ModelDeleted:
     """A fine-tuned model (its adapter version, with its job's epoch checkpoints); not a base or a checkpoint."""
     if model in svc.registry.sources:
-        raise ValidationFailed(
-            f"{model!r} is a base model of this server's configuration; it can't be deleted", "model"
-        )
+        raise Conflict(f"{model!r} is a base model of this server's configuration; it can't be deleted", "model")
     version = resolve(svc, model)
     if version.alias is not None:
         raise ValidationFailed("an epoch checkpoint goes with its job's model: delete that", "model")

@@ -27,7 +27,9 @@ from typing import Any
 from app.errors import NotFound, ValidationFailed
 from app.suggest import hint
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # no "/" and no leading ".": never a path outside the store
+REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@v[1-9][0-9]{0,8})?$"  # name, or name@vN
+NAME_RE = re.compile(NAME_PATTERN)
 VERSION_RE = re.compile(r"^v([1-9][0-9]{0,8})$")
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -39,7 +41,7 @@ RESERVED = {"loaded"}  # GET /adapters/loaded
 def validate_name(name: str, field: str = "adapter") -> str:
     if isinstance(name, str) and name in RESERVED:
         raise ValidationFailed(f"{name!r} is a reserved name", field=field)
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise ValidationFailed(
             "adapter names are 1-64 characters of letters, digits, '.', '_' and '-', starting with a letter or digit",
             field=field,

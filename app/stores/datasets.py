@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from app.errors import NotFound, ValidationFailed
+from app.errors import NotFound
 from app.jobs.store import JobStore
 from app.jobs.tables import DatasetRow
 from app.stores.blobs import Blobs
@@ -80,7 +80,7 @@ class DatasetStore:
             try:
                 row = self.store.get_dataset(_checked_id(after), field="after")
             except NotFound:
-                raise ValidationFailed(f"no dataset {after!r} to page after", field="after") from None
+                raise NotFound(f"no dataset {after!r} to page after", field="after") from None
             anchor = (row.created_at, row.id)
         rows = self.store.page_datasets(anchor, limit + 1)
         return rows[:limit], len(rows) > limit

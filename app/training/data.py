@@ -144,15 +144,16 @@ def surrogate_at(value: str) -> int | None:
 
 
 def parse_upload(filename: str, content: bytes, limits: Limits, notes: list[str] | None = None) -> list[dict]:
-    """Parse a JSONL/JSON (stdlib `json`, types as written) or CSV (the `datasets` library) upload and validate it.
+    """Parse a JSONL/JSON (stdlib `json`, types as written) or CSV (the `datasets` library) upload and validate it;
+    by its extension, else by its first character (`{` or `[`: JSON lines or a JSON list; anything else: CSV).
     JSON rows are {text, label, text_pair?} or OpenAI chat rows {messages} (app/training/chat.py). `notes`, if
     given, gets what the user should know about how the rows were read (integer labels taken as names).
 
     Errors name the file's row as `file[i]` (0-based record index) and, for JSON lines, the line in the message.
     """
     suffix = Path(filename or "").suffix.lower()
-    if suffix not in (".jsonl", ".json", ".csv"):
-        raise ValidationFailed("file must be .jsonl, .json or .csv", field="file")
+    if suffix not in (".jsonl", ".json", ".csv"):  # no telling name (a pipe, "data.txt"): read what it holds
+        suffix = ".jsonl" if content.lstrip(b"\xef\xbb\xbf \t\r\n")[:1] in (b"{", b"[") else ".csv"
     if content.startswith((b"\xff\xfe", b"\xfe\xff")):
         raise ValidationFailed(
             "file is UTF-16 (it starts with a UTF-16 byte-order mark); save it as UTF-8", field="file"

@@ -1,12 +1,15 @@
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Response, UploadFile
+from fastapi import APIRouter, File, Form, Path, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServiceDep
 from app.errors import ValidationFailed
 from app.schemas import AdapterPublic, AdaptersPublic, AdapterVersionPublic, DeletedPublic, LoadedAdapter
+from app.stores.adapters import NAME_PATTERN, REF_PATTERN
+
+AdapterRef = Annotated[str, Path(pattern=REF_PATTERN, description="`name` (newest version) or `name@vN`")]
 
 router = APIRouter(prefix="/adapters", tags=["adapters"])
 
@@ -21,9 +24,9 @@ def list_adapters(*, svc: ServiceDep) -> AdaptersPublic:
 async def import_adapter(
     *,
     svc: ServiceDep,
-    name: Annotated[str, Form(description="adapter name: a new version if it exists")],
+    name: Annotated[str, Form(pattern=NAME_PATTERN, description="adapter name: a new version if it exists")],
     base_model: Annotated[str, Form(description="the base it was trained on, as this server names it")],
-    file: Annotated[UploadFile, Form(description="a .tar.gz of a peft LoRA folder for sequence classification")],
+    file: Annotated[UploadFile, File(description="a .tar.gz of a peft LoRA folder for sequence classification")],
     labels: Annotated[
         str | None, Form(description='label names in the head\'s order, a JSON list (["neg", "pos"]) or a,b,c')
     ] = None,
@@ -55,13 +58,13 @@ def loaded_adapters(*, svc: ServiceDep) -> list[LoadedAdapter]:
 
 
 @router.get("/{name}")
-def get_adapter(*, svc: ServiceDep, name: str) -> AdapterPublic:
+def get_adapter(*, svc: ServiceDep, name: AdapterRef) -> AdapterPublic:
     """One adapter's versions with their labels, metrics and hyperparameters."""
     return svc.adapter(name)
 
 
 @router.delete("/{name}")
-def delete_adapter(*, svc: ServiceDep, name: str) -> DeletedPublic:
+def delete_adapter(*, svc: ServiceDep, name: AdapterRef) -> DeletedPublic:
     """Delete every version (`name`) or one (`name@vN`); it stops being served at once."""
     return DeletedPublic(deleted=svc.delete_adapter(name))
 
@@ -71,7 +74,7 @@ def delete_adapter(*, svc: ServiceDep, name: str) -> DeletedPublic:
     response_class=Response,
     responses={200: {"content": {"application/gzip": {}}, "description": "a .tar.gz of the adapter's folder"}},
 )
-def download_adapter(*, svc: ServiceDep, ref: str) -> Response:
+def download_adapter(*, svc: ServiceDep, ref: AdapterRef) -> Response:
     """`name` (newest version) or `name@vN` as a gzipped tarball of the standard peft folder
     (adapter_config.json, adapter_model.safetensors with the head, peftserve.json with the labels, a README):
     `PeftModel.from_pretrained` on the same base loads it and predicts what this server predicts."""

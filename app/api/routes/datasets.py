@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query, UploadFile
+from fastapi import APIRouter, File, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServiceDep
@@ -10,7 +10,9 @@ router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 
 @router.post("", status_code=201)
-async def upload_dataset(*, svc: ServiceDep, file: UploadFile) -> DatasetPublic:
+async def upload_dataset(
+    *, svc: ServiceDep, file: Annotated[UploadFile, File(description="the data", json_schema_extra={"minLength": 1})]
+) -> DatasetPublic:
     """Upload JSONL or CSV with `text`, `label` and optional `text_pair` columns."""
     content = await file.read(svc.settings.max_upload_bytes + 1)  # one byte over is enough to refuse
     row = await run_in_threadpool(svc.upload_dataset, file.filename or "", content)

@@ -24,7 +24,7 @@ def list_jobs(
     svc: ServiceDep,
     status: JobStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    after: str | None = None,
+    after: Annotated[str | None, Query(min_length=1, description="the last id of the previous page")] = None,
 ) -> JobsPublic:
     """Jobs, newest first; page with `after` = the last id of the previous page."""
     jobs, has_more = svc.store.list_jobs(status, limit, after)
@@ -95,12 +95,18 @@ async def job_events(
         bool, Query(description="live Server-Sent Events until the job ends (`Last-Event-ID` resumes)")
     ] = False,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
-    last_event_id: Annotated[int | None, Header(ge=0, le=2**63 - 1)] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            description="the last event id the client saw (SSE reconnect)",
+            json_schema_extra={"pattern": r"^[0-9]{1,18}$"},
+        ),
+    ] = None,
 ) -> Any:
     """The job's events in order; page with `after` = the last event id seen, or follow them live (`stream`)."""
     if stream or sse.MEDIA_TYPE in (accept or ""):
         await run_in_threadpool(svc.store.get_job, job_id)  # 404 before the stream starts
-        events = sse.job_event_stream(svc.store, job_id, sse.resume_after(after, last_event_id))
+        events = sse.job_event_stream(svc.store, job_id, sse.resume_after(after, sse.last_event_id(last_event_id)))
         return StreamingResponse(events, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
     events = await run_in_threadpool(svc.store.events, job_id, after, limit + 1)
     return EventsPublic(

@@ -1,6 +1,6 @@
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, Query, Response, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import ServiceDep
@@ -14,7 +14,7 @@ router = APIRouter(prefix="/v1/files", tags=["openai: files"])
 async def create_file(
     *,
     svc: ServiceDep,
-    file: Annotated[UploadFile, Form(description="JSONL (or CSV): {text, label} rows or OpenAI chat rows")],
+    file: Annotated[UploadFile, File(description="JSONL (or CSV): {text, label} rows or OpenAI chat rows")],
     purpose: Annotated[str, Form(description="fine-tune")],
 ) -> FileObject:
     """Upload a training or validation file: checked like POST /datasets (a bad row is refused naming its line)
@@ -27,7 +27,7 @@ async def create_file(
 def list_files(
     *,
     svc: ServiceDep,
-    purpose: Annotated[str | None, Query(description="fine-tune or fine-tune-results")] = None,
+    purpose: Annotated[Literal["fine-tune", "fine-tune-results"] | None, Query(description="which files")] = None,
     after: Annotated[str | None, Query(min_length=1, description="the last id of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 10_000,
     order: Literal["asc", "desc"] = "desc",

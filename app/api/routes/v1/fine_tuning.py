@@ -67,7 +67,9 @@ def list_events(
     *,
     svc: ServiceDep,
     fine_tuning_job_id: str,
-    after: Annotated[str | None, Query(min_length=1, description="the last event id of the previous page")] = None,
+    after: Annotated[
+        str | None, Query(pattern=r"^ftevent-[0-9]{1,18}$", description="the last event id of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> FineTuningJobEventList:
     """The job's events, newest first."""
@@ -79,7 +81,10 @@ def list_checkpoints(
     *,
     svc: ServiceDep,
     fine_tuning_job_id: str,
-    after: Annotated[str | None, Query(min_length=1, description="the last checkpoint id of the previous page")] = None,
+    after: Annotated[
+        str | None,
+        Query(pattern=r"^ftckpt-[A-Za-z0-9_]+-[0-9]{1,9}$", description="the last checkpoint id of the previous page"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
 ) -> FineTuningJobCheckpointList:
     """The adapters kept at the job's last epochs' ends, newest first; chat completions take their
