@@ -17,7 +17,8 @@ def result_warnings(val_labels: list[Any], labels: list[str], metrics: dict[str,
     n = len(val_labels)
     if 0 < n < MIN_VALIDATION_ROWS:
         warnings.append(
-            f"validation has only {n} rows, so each row moves accuracy by {100 / n:.0f} points: judge this adapter"
+            f"validation has only {n} row{'s' if n > 1 else ''}, so each row moves accuracy by {100 / n:.0f} points:"
+            " judge this adapter"
             f" on {MIN_VALIDATION_ROWS}+ rows (a validation file, or validation_split on more data)"
         )
     if n:
