@@ -154,3 +154,78 @@ def test_dashboard_jobs_charts_live_updates_and_try_it(tmp_path, tiny_models, br
             c.post(f"/jobs/{running['id']}/cancel")
     finally:
         srv.stop()
+
+
+def test_a_first_visit_asks_for_the_key_then_a_new_job_from_an_upload(tmp_path, tiny_models, browser):
+    """The "New job" page: upload a file, see the label counts and warnings the server's figures call for, set
+    a few hyperparameters (their defaults shown), submit, land on the job's live page, which names its dataset,
+    the epoch it kept and why, and its warnings."""
+    srv = tiny_server(tmp_path, tiny_models).start()
+    try:
+        rows = toy_sentiment(60)
+        data = tmp_path / "reviews.jsonl"
+        data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        page = browser.new_page(viewport={"width": 1280, "height": 1200})
+        page.goto(f"{srv.url}/ui/#/new")
+        page.wait_for_selector("#key-form:not([hidden])")
+        assert page.is_hidden("#error")  # no raw 401 message: the page asks for the key and calls nothing
+        page.fill("#key-input", ADMIN_KEY)
+        page.click("#key-form button[type=submit]")
+        page.wait_for_selector("#new-job")
+        assert page.get_attribute("#hp-epochs", "placeholder") == "3"  # defaults, from the API's document
+        page.set_input_files("#file", str(data))
+        page.wait_for_selector("#label-counts tr")
+        counts = page.inner_text("#label-counts")
+        assert "neg" in counts and "pos" in counts and "30" in counts
+        assert "60 rows in all" in page.inner_text("#preview [data-warning]")
+        assert page.locator("#first-rows tbody tr").count() == 5
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "ui-new-job.png"), full_page=True)
+        page.fill("#adapter", "from-the-page")
+        page.select_option("#base", "tiny-bert")
+        page.fill("#hp-epochs", "3")
+        page.fill("#hp-learning_rate", "0.01")
+        page.fill("#hp-batch_size", "8")
+        page.fill("#hp-target_modules", "query, value")
+        page.click("#new-job button[type=submit]")
+        page.wait_for_url("**/ui/#/jobs/job_*")
+        job_id = page.url.rsplit("/", 1)[1]
+        page.wait_for_selector("#summary .badge.succeeded", timeout=120_000)
+        summary = page.inner_text("#summary")
+        assert "trained on ds_" in summary and "validated on 10% of it" in summary
+        assert "kept the weights of step" in summary and page.locator("#summary [data-warning]").count() >= 1
+        page.screenshot(path=str(ARTIFACTS / "ui-new-job-done.png"), full_page=True)
+        with httpx.Client(base_url=srv.url, headers=ADMIN_HEADERS, timeout=30) as c:
+            job = c.get(f"/jobs/{job_id}").json()
+            assert job["hyperparameters"]["epochs"] == 3 and job["hyperparameters"]["target_modules"] == [
+                "query",
+                "value",
+            ]
+            assert job["base_model"] == "tiny-bert" and job["adapter"] == "from-the-page"
+
+            # Compare runs: a second version with another learning rate, both ticked on the Jobs page.
+            other = post_job(
+                c,
+                {
+                    "adapter": "from-the-page",
+                    "train": {"dataset": job["train_dataset"]},
+                    "hyperparameters": {**FAST, "epochs": 3, "learning_rate": 0.002},
+                },
+            ).json()["id"]
+            assert wait_job(c, other)["status"] == "succeeded"
+        page.goto(f"{srv.url}/ui/#/jobs")
+        for ticked in (job_id, other):
+            page.check(f'[data-compare="{ticked}"]')
+        page.click("#compare")
+        page.wait_for_url("**/ui/#/compare?jobs=*")
+        for key in ("accuracy", "f1_macro", "loss"):
+            assert wait_points(page, f"cmp-{key}") == 3, key  # the union of the runs' epochs
+        differs = page.locator("#compare-hp tr[data-differs] th").all_inner_texts()
+        assert "learning_rate" in differs and "epochs" not in differs and "base model" not in differs
+        page.screenshot(path=str(ARTIFACTS / "ui-compare.png"), full_page=True)
+        page.goto(f"{srv.url}/ui/#/adapters")  # all versions of one adapter: one link
+        page.click("text=compare versions")
+        page.wait_for_selector("#compare-hp tr[data-differs]")
+        page.close()
+    finally:
+        srv.stop()

@@ -1,4 +1,5 @@
-// peftserve dashboard: plain JS, no build step. Hash routes: #/jobs, #/jobs/<id>, #/adapters, #/try, #/evaluate.
+// peftserve dashboard: plain JS, no build step. Hash routes: #/jobs, #/jobs/<id>, #/new, #/adapters, #/try,
+// #/evaluate.
 // Every API call carries the key kept in localStorage; a 401 asks for it again.
 "use strict";
 
@@ -51,7 +52,7 @@ async function failure(r) {
   } catch (_) {}
   if (r.status === 401) {
     askKey();
-    message = `${message} — enter an API key`;
+    message = localStorage.getItem(KEY) ? "this API key is not accepted: enter another" : "enter an API key";
   }
   showError(message);
   return new ApiError(message, r.status);
@@ -116,14 +117,27 @@ async function follow(path, onMessage, signal) {
 // Each chart's container carries data-points (its number of x values) for tests and curious users.
 window.peftserveCharts = {};
 
-function chart(el, name, title, series, yRange) {
+// A small number's tick labels (a learning rate of 5e-4 read "0" with uPlot's default format).
+const tickLabels = (u, ticks) => ticks.map((v) => (v === 0 ? "0" : Math.abs(v) < 0.01 ? v.toExponential(1) : +v.toPrecision(3)));
+
+function showLatest(u) {
+  const n = u.data[0].length;
+  if (n && u.cursor.left < 0) u.setLegend({ idx: n - 1 });
+}
+
+function chart(el, name, title, series, yRange, xLabel = "step") {
   const opts = {
     title,
     width: Math.max(el.clientWidth, 300),
     height: 220,
     scales: { x: { time: false }, y: yRange ? { range: yRange } : {} },
-    axes: [{ label: "step" }, {}],
-    series: [{ label: "step" }, ...series.map(([label, stroke]) => ({ label, stroke, width: 2, points: { size: 5 } }))],
+    axes: [{ label: xLabel }, { values: tickLabels, size: 60 }],
+    // the legend shows the latest values (not "--" until hovered), once the data is drawn
+    hooks: { ready: [showLatest], setData: [showLatest] },
+    series: [
+      { label: xLabel },
+      ...series.map(([label, stroke]) => ({ label, stroke, width: 2, points: { size: 5 }, value: (u, v) => (v == null ? "–" : +v.toPrecision(3)) })),
+    ],
   };
   const plot = new uPlot(opts, [[], ...series.map(() => [])], el);
   const set = (data) => {
@@ -135,12 +149,29 @@ function chart(el, name, title, series, yRange) {
   return { plot, set, resize: () => plot.setSize({ width: Math.max(el.clientWidth, 300), height: 220 }) };
 }
 
+// Which epoch's weights a job saved, and why (the best validation macro-F1, or simply the last).
+function kept(m) {
+  if (m.best_step === undefined) return `<div class="muted" data-kept>kept the last step's weights (no validation)</div>`;
+  const why = m.best_step === m.steps ? "the last evaluation was the best" : `an earlier evaluation had the best macro-F1 (step ${m.best_step} of ${m.steps})`;
+  return `<div class="muted" data-kept>kept the weights of step ${m.best_step}: ${why}; the figures above are that evaluation's</div>`;
+}
+
 // ---- screens ----------------------------------------------------------------------------------
 async function jobsScreen(gen) {
-  view.innerHTML = `<h1>Jobs</h1><div class="card"><table id="jobs"><thead><tr>
+  view.innerHTML = `<h1>Jobs</h1><div class="card"><p><button id="compare" class="secondary" type="button" disabled>Compare ticked runs</button></p>
+    <table id="jobs"><thead><tr><th></th>
     <th>job</th><th>adapter</th><th>base</th><th>status</th><th>progress</th><th class="num">step</th>
     <th>created</th><th>result</th></tr></thead><tbody></tbody></table></div>`;
   const body = view.querySelector("tbody");
+  const ticked = new Set(); // kept across the table's refreshes
+  const compare = view.querySelector("#compare");
+  body.addEventListener("change", (ev) => {
+    const id = ev.target.dataset?.compare;
+    if (!id) return;
+    ev.target.checked ? ticked.add(id) : ticked.delete(id);
+    compare.disabled = ticked.size < 2;
+  });
+  compare.addEventListener("click", () => (location.hash = `#/compare?jobs=${[...ticked].join(",")}`));
   let timer;
   const refresh = async () => {
     if (left(gen)) return;
@@ -151,12 +182,12 @@ async function jobsScreen(gen) {
         data
           .map((j) => {
             const res = j.result ? `${esc(j.result.adapter)} <span class="muted">acc ${fmt(j.result.metrics.accuracy, 3)}</span>` : esc(j.error?.message ?? "");
-            return `<tr data-status="${esc(j.status)}"><td><a href="#/jobs/${esc(j.id)}">${esc(j.id)}</a></td>
+            return `<tr data-status="${esc(j.status)}"><td><input type="checkbox" data-compare="${esc(j.id)}"${ticked.has(j.id) ? " checked" : ""}></td><td><a href="#/jobs/${esc(j.id)}">${esc(j.id)}</a></td>
               <td>${esc(j.adapter)}</td><td>${esc(j.base_model)}</td><td>${badge(j.status)}</td>
               <td>${bar(j.progress.fraction, j.status === "succeeded" ? "green" : "")}</td>
               <td class="num">${j.progress.step}/${j.progress.total_steps}</td><td>${when(j.created_at)}</td><td>${res}</td></tr>`;
           })
-          .join("") || `<tr><td colspan="8" class="muted">No jobs yet: POST /jobs to train an adapter.</td></tr>`;
+          .join("") || `<tr><td colspan="9" class="muted">No jobs yet: start one on the <a href="#/new">New job</a> page.</td></tr>`;
     } catch (_) {}
     timer = setTimeout(refresh, 2000);
   };
@@ -180,7 +211,7 @@ async function jobScreen(id, gen) {
   const charts = {
     loss: chart(el("loss"), "loss", "Training loss", [["loss", "#d9534f"]]),
     lr: chart(el("lr"), "lr", "Learning rate", [["learning rate", "#4a7bdc"]]),
-    eval: chart(el("eval"), "eval", "Validation (per evaluation)", [["accuracy", "#3aa45b"], ["macro-F1", "#e08a1e"]], [0, 1]),
+    eval: chart(el("eval"), "eval", "Validation (per evaluation)", [["accuracy", "#3aa45b"], ["macro-F1", "#e08a1e"], ["loss", "#d9534f"]]),
   };
   const stop = new AbortController();
   let pending = null;
@@ -204,7 +235,10 @@ async function jobScreen(id, gen) {
       <div class="muted">created ${when(job.created_at)} · started ${when(job.started_at)} · finished ${when(job.finished_at)}
         · attempts ${job.attempts}${job.estimated_finish ? ` · <span data-eta>ETA ${when(job.estimated_finish)}</span>` : ""}${job.result ? ` · result <a href="#/adapters">${esc(job.result.adapter)}</a>` : ""}</div>
       ${job.error ? `<div class="error">${esc(job.error.code)}: ${esc(job.error.message)}</div>` : ""}
-      ${job.result ? `<div>accuracy <b>${fmt(job.result.metrics.accuracy, 3)}</b> · macro-F1 <b>${fmt(job.result.metrics.f1_macro, 3)}</b></div>` : ""}
+      <div class="muted" data-dataset>trained on <a href="#/new?dataset=${esc(job.train_dataset)}">${esc(job.train_dataset)}</a>${job.validation_dataset
+        ? `, validated on <a href="#/new?dataset=${esc(job.validation_dataset)}">${esc(job.validation_dataset)}</a>`
+        : `, validated on ${fmt(job.validation_split * 100, 3)}% of it`}</div>
+      ${job.result ? `<div>accuracy <b>${fmt(job.result.metrics.accuracy, 3)}</b> · macro-F1 <b>${fmt(job.result.metrics.f1_macro, 3)}</b> · validation loss ${fmt(job.result.metrics.loss, 3)}</div>${kept(job.result.metrics)}` : ""}
       ${(job.result?.warnings ?? []).map(w => `<div class="warning" data-warning>warning: ${esc(w)}</div>`).join("")}`;
     for (const action of ["cancel", "pause", "resume"]) {
       view.querySelector(`#${action}`)?.addEventListener("click", () => api(`jobs/${id}/${action}`, { method: "POST" }).then(render, () => {}));
@@ -215,7 +249,7 @@ async function jobScreen(id, gen) {
     const t = m.train;
     charts.loss.set([t.map((x) => x.step), t.map((x) => x.loss)]);
     charts.lr.set([t.map((x) => x.step), t.map((x) => x.learning_rate)]);
-    charts.eval.set([m.eval.map((x) => x.step), m.eval.map((x) => x.accuracy), m.eval.map((x) => x.f1_macro)]);
+    charts.eval.set([m.eval.map((x) => x.step), m.eval.map((x) => x.accuracy), m.eval.map((x) => x.f1_macro), m.eval.map((x) => x.loss)]);
   };
   // At most one refresh in flight and one waiting: bursts of events cost one or two reloads.
   const refresh = () => {
@@ -260,7 +294,8 @@ async function adaptersScreen(gen) {
   view.querySelector("#adapters").innerHTML =
     data
       .map(
-        (a) => `<div class="card"><h2>${esc(a.name)} <span class="muted">latest ${esc(a.latest)}</span></h2>
+        (a) => `<div class="card"><h2>${esc(a.name)} <span class="muted">latest ${esc(a.latest)}</span>${a.versions.filter((v) => v.job_id).length > 1
+          ? ` <a class="small" href="#/compare?jobs=${a.versions.filter((v) => v.job_id).map((v) => encodeURIComponent(v.job_id)).join(",")}">compare versions</a>` : ""}</h2>
       <table><thead><tr><th>version</th><th>base</th><th>labels</th><th class="num">accuracy</th><th class="num">macro-F1</th>
       <th>created</th><th class="num">size</th><th>job</th><th></th></tr></thead><tbody>
       ${a.versions
@@ -360,6 +395,157 @@ async function evaluateScreen(params, gen) {
   });
 }
 
+// ---- compare runs ---------------------------------------------------------------------------------
+// Two or more jobs side by side: validation accuracy, macro-F1 and loss per epoch on one chart each (a line per
+// job), and their hyperparameters in one table, the rows that differ highlighted.
+const PALETTE = ["#2456c8", "#d9534f", "#3aa45b", "#e08a1e", "#8e44ad", "#16a2b8", "#7f8c8d", "#c0392b"];
+
+async function compareScreen(params, gen) {
+  const ids = (params.get("jobs") || "").split(",").filter(Boolean);
+  if (ids.length < 2) {
+    view.innerHTML = `<h1>Compare runs</h1><div class="card muted">Tick two or more jobs on the <a href="#/jobs">Jobs</a> page (or
+      "compare versions" on an adapter) to compare them.</div>`;
+    return;
+  }
+  const runs = await Promise.all(ids.map(async (id) => ({ job: await api(`jobs/${id}`), m: await api(`jobs/${id}/metrics`) })));
+  if (left(gen)) return;
+  const name = (r) => `${r.job.adapter} · ${r.job.id.slice(0, 12)}`;
+  view.innerHTML = `<h1>Compare runs</h1>
+    <div class="row">${["accuracy", "f1_macro", "loss"].map((k) => `<div class="card"><div class="chart" data-chart="cmp-${k}"></div></div>`).join("")}</div>
+    <div class="card"><h2>Hyperparameters</h2><table id="compare-hp"></table></div>`;
+  const epochs = [...new Set(runs.flatMap((r) => r.m.eval.map((p) => p.epoch)))].sort((a, b) => a - b);
+  const series = runs.map((r, i) => [name(r), PALETTE[i % PALETTE.length]]);
+  const charts = {};
+  for (const [key, title] of [["accuracy", "Validation accuracy"], ["f1_macro", "Validation macro-F1"], ["loss", "Validation loss"]]) {
+    const c = (charts[key] = chart(view.querySelector(`[data-chart="cmp-${key}"]`), `cmp-${key}`, `${title} per epoch`, series, null, "epoch"));
+    c.set([epochs, ...runs.map((r) => epochs.map((e) => r.m.eval.find((p) => p.epoch === e)?.[key] ?? null))]);
+  }
+  const keys = [...new Set(runs.flatMap((r) => Object.keys(r.job.hyperparameters)))];
+  const show = (v) => (Array.isArray(v) ? v.join(", ") : v === null || v === undefined ? "default" : String(v));
+  const rows = [
+    ["base model", runs.map((r) => r.job.base_model)],
+    ["training data", runs.map((r) => r.job.train_dataset)],
+    ["validation", runs.map((r) => r.job.validation_dataset ?? `${r.job.validation_split * 100}% split`)],
+    ...keys.map((k) => [k, runs.map((r) => show(r.job.hyperparameters[k]))]),
+    ["accuracy (kept)", runs.map((r) => fmt(r.job.result?.metrics.accuracy, 3))],
+    ["macro-F1 (kept)", runs.map((r) => fmt(r.job.result?.metrics.f1_macro, 3))],
+  ];
+  view.querySelector("#compare-hp").innerHTML = `<thead><tr><th></th>${runs.map((r, i) => `<th style="color:${PALETTE[i % PALETTE.length]}"><a href="#/jobs/${esc(r.job.id)}">${esc(name(r))}</a></th>`).join("")}</tr></thead>
+    <tbody>${rows.map(([k, vals]) => `<tr${new Set(vals.map(String)).size > 1 ? ' class="differs" data-differs' : ""}><th>${esc(k)}</th>${vals.map((v) => `<td>${esc(v)}</td>`).join("")}</tr>`).join("")}</tbody>`;
+  leave = () => Object.values(charts).forEach((c) => c.plot.destroy());
+}
+
+// ---- a new job ------------------------------------------------------------------------------------
+// Upload a file (or pick an uploaded dataset), see what the server found in it, pick a base and hyperparameters
+// (their defaults and help come from the API's own document), submit, land on the job's live page.
+async function newJobScreen(params, gen) {
+  const [{ data: datasets }, health, doc] = await Promise.all([api("datasets?limit=100"), api("health"), api("openapi.json")]);
+  if (left(gen)) return;
+  const hp = doc.components.schemas.Hyperparameters.properties;
+  const chosen = params.get("dataset");
+  const options = (none) => `<option value="">${none}</option>` + datasets
+    .map((d) => `<option value="${esc(d.id)}"${d.id === chosen ? " selected" : ""}>${esc(d.filename || d.id)} · ${d.n_records} rows · ${esc(d.id)}</option>`).join("");
+  view.innerHTML = `<h1>New job</h1><form class="card" id="new-job">
+    <label for="file">Training data: a JSONL or CSV file with <code>text</code> and <code>label</code> (and <code>text_pair</code>)</label>
+    <input type="file" id="file" accept=".jsonl,.json,.csv">
+    <label for="dataset">… or a dataset uploaded before</label><select id="dataset">${options("(upload a file)")}</select>
+    <div id="preview"></div>
+    <div class="row">
+      <div><label for="adapter">Adapter name</label><input id="adapter" required pattern="[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}" placeholder="sentiment"></div>
+      <div><label for="base">Base model</label><select id="base">${health.base_models.map((b) => `<option${b === "minilm" ? " selected" : ""}>${esc(b)}</option>`).join("")}</select></div>
+      <div><label for="validation">Validation</label><select id="validation">${options("a split of the training data")}</select></div>
+      <div><label for="split">Split (share held out)</label><input id="split" type="number" min="0" max="0.9" step="0.05" value="0.1"></div>
+    </div>
+    <h2>Hyperparameters</h2><p class="muted">Empty: the default shown.</p>
+    <table class="kv" id="hp-form">${Object.entries(hp).map(([name, s]) => `<tr><td><label for="hp-${name}">${esc(name)}</label></td>
+      <td><input id="hp-${name}" data-hp="${esc(name)}" data-type="${esc(hpType(s))}" placeholder="${esc(typeof s.default === "string" ? s.default : JSON.stringify(s.default ?? null))}"></td>
+      <td class="muted">${esc(s.description ?? "")}</td></tr>`).join("")}</table>
+    <p><button type="submit">Start training</button></p></form>`;
+  const form = view.querySelector("#new-job");
+  const select = form.querySelector("#dataset");
+  const preview = async (id) => {
+    form.querySelector("#preview").innerHTML = id ? datasetPreview(await api(`datasets/${id}`)) : "";
+  };
+  form.querySelector("#file").addEventListener("change", async (ev) => {
+    const file = ev.target.files[0];
+    if (!file) return;
+    const body = new FormData();
+    body.append("file", file);
+    const r = await fetch(API + "datasets", { method: "POST", headers: headers(), body });
+    if (!r.ok) return void (await failure(r));
+    showError("");
+    const d = await r.json();
+    if (![...select.options].some((o) => o.value === d.id)) select.add(new Option(`${d.filename} · ${d.n_records} rows · ${d.id}`, d.id), 1);
+    select.value = d.id;
+    await preview(d.id).catch(() => {});
+  });
+  select.addEventListener("change", () => preview(select.value).catch(() => {}));
+  if (chosen) await preview(chosen).catch(() => {});
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!select.value) return showError("upload a training file or pick a dataset first");
+    const hyperparameters = {};
+    for (const input of form.querySelectorAll("[data-hp]")) {
+      if (input.value.trim() === "") continue;
+      try {
+        hyperparameters[input.dataset.hp] = hpValue(input.value.trim(), input.dataset.type);
+      } catch (e) {
+        return showError(`${input.dataset.hp}: ${e.message}`);
+      }
+    }
+    const validation = form.querySelector("#validation").value;
+    const body = {
+      adapter: form.querySelector("#adapter").value.trim(),
+      base_model: form.querySelector("#base").value,
+      train: { dataset: select.value },
+      hyperparameters,
+      ...(validation ? { validation: { dataset: validation } } : { validation_split: Number(form.querySelector("#split").value) }),
+    };
+    try {
+      const job = await api("jobs", { method: "POST", body });
+      location.hash = `#/jobs/${job.id}`;
+    } catch (_) {}
+  });
+}
+
+// A hyperparameter's kind, from its JSON schema (anyOf: the first non-null one).
+function hpType(s) {
+  const kinds = [s, ...(s.anyOf ?? [])];
+  if (kinds.some((x) => x.enum)) return "string";
+  return kinds.map((x) => x.type).find((t) => t && t !== "null") ?? "string";
+}
+
+function hpValue(text, type) {
+  if (type === "integer" || type === "number") {
+    const n = Number(text);
+    if (!Number.isFinite(n) || (type === "integer" && !Number.isInteger(n))) throw new Error(`${text} is not ${type === "integer" ? "a whole number" : "a number"}`);
+    return n;
+  }
+  if (type === "boolean") return ["true", "1", "yes"].includes(text.toLowerCase());
+  if (type === "array") return text.split(",").map((x) => x.trim()).filter(Boolean);
+  return text;
+}
+
+// What the server found in a dataset: rows per label (with a warning when classes are tiny or badly
+// imbalanced), text lengths and the first rows.
+function datasetPreview(d) {
+  const counts = Object.entries(d.labels);
+  const max = Math.max(1, ...counts.map(([, n]) => n));
+  const min = Math.min(...counts.map(([, n]) => n));
+  const warnings = [];
+  const tiny = counts.filter(([, n]) => n < 20).map(([l, n]) => `${l} (${n})`);
+  if (tiny.length) warnings.push(`few rows of ${tiny.join(", ")}: a label wants dozens of examples at least, more for a good adapter`);
+  if (counts.length > 1 && max / Math.max(1, min) >= 5) warnings.push(`badly imbalanced (${max}:${min}): set class_weighting to "balanced" so the rare labels count as much`);
+  if (d.n_records < 100) warnings.push(`${d.n_records} rows in all: expect a weak adapter and noisy validation figures`);
+  return `<div class="preview" data-preview="${esc(d.id)}"><h2>${esc(d.filename || d.id)}: ${d.n_records} rows${d.multi_label ? ", multi-label" : ""}</h2>
+    <table class="kv" id="label-counts">${counts.map(([l, n]) => `<tr><td>${esc(l)}</td><td class="num">${n}</td><td style="width:50%">${bar(n / max, "wide")}</td></tr>`).join("")}</table>
+    ${warnings.map((w) => `<div class="warning" data-warning>${esc(w)}</div>`).join("")}
+    ${(d.notes ?? []).map((n) => `<div class="muted">${esc(n)}</div>`).join("")}
+    <div class="muted">characters per row: median ${d.length_chars.p50}, 90% under ${d.length_chars.p90}, longest ${d.length_chars.max}</div>
+    <table id="first-rows"><thead><tr><th>text</th><th>label</th></tr></thead><tbody>${d.first_rows
+      .map((r) => `<tr><td>${esc(r.text)}${r.text_pair ? ` <span class="muted">/ ${esc(r.text_pair)}</span>` : ""}</td><td>${esc(Array.isArray(r.label) ? r.label.join(", ") : r.label)}</td></tr>`).join("")}</tbody></table></div>`;
+}
+
 // ---- routing ----------------------------------------------------------------------------------
 async function route() {
   const gen = ++navGen;
@@ -375,6 +561,8 @@ async function route() {
     else if (path === "/adapters") await adaptersScreen(gen);
     else if (path === "/try") await tryScreen(params, gen);
     else if (path === "/evaluate") await evaluateScreen(params, gen);
+    else if (path === "/new") await newJobScreen(params, gen);
+    else if (path === "/compare") await compareScreen(params, gen);
     else await jobsScreen(gen);
   } catch (e) {
     if (!(e instanceof ApiError) && !left(gen)) showError(String(e));
@@ -389,5 +577,5 @@ keyForm.addEventListener("submit", (ev) => {
 });
 document.getElementById("change-key").addEventListener("click", askKey);
 window.addEventListener("hashchange", route);
-if (!localStorage.getItem(KEY)) askKey();
-route();
+if (localStorage.getItem(KEY)) route();
+else askKey(); // a first visit: the key first, no call that could only answer 401
