@@ -25,7 +25,7 @@ async def import_adapter(
     *,
     svc: ServiceDep,
     name: Annotated[str, Form(pattern=NAME_PATTERN, description="adapter name: a new version if it exists")],
-    base_model: Annotated[str, Form(description="the base it was trained on, as this server names it")],
+    base_model: Annotated[str, Form(min_length=1, description="the base it was trained on, as this server names it")],
     file: Annotated[UploadFile, File(description="a .tar.gz of a peft LoRA folder for sequence classification")],
     labels: Annotated[
         str | None, Form(description='label names in the head\'s order, a JSON list (["neg", "pos"]) or a,b,c')

@@ -15,7 +15,7 @@ async def create_file(
     *,
     svc: ServiceDep,
     file: Annotated[UploadFile, File(description="JSONL (or CSV): {text, label} rows or OpenAI chat rows")],
-    purpose: Annotated[str, Form(description="fine-tune")],
+    purpose: Annotated[str, Form(description="fine-tune", json_schema_extra={"enum": ["fine-tune"]})],
 ) -> FileObject:
     """Upload a training or validation file: checked like POST /datasets (a bad row is refused naming its line)
     and stored as a dataset; its id is the dataset's."""
