@@ -227,7 +227,7 @@ def test_models_list_retrieve_delete(client, trained):
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve(doomed.fine_tuned_model)
     assert client.fine_tuning.jobs.checkpoints.list(doomed.id).data == []  # gone with it
-    with pytest.raises(openai.BadRequestError):
+    with pytest.raises(openai.ConflictError):
         client.models.delete("tiny-bert")
 
 
