@@ -33,6 +33,8 @@ def _encodable(value: str) -> str:
 
 # Every string a client sends: a real str (no coercion) that is valid Unicode (JSON's "\ud800" is not).
 Text = Annotated[StrictStr, AfterValidator(_encodable)]
+# A reference to something stored (a dataset, a base model, a file): never empty; one that names nothing is a 404.
+Ref = Annotated[Text, Field(min_length=1)]
 
 
 def _not_blank(value: str) -> str:
@@ -60,6 +62,15 @@ def one_of(*names: str) -> dict[str, Any]:
     return {"oneOf": [{"required": [name]} for name in names]}
 
 
+def when(condition: dict[str, Any], then: dict[str, Any]) -> dict[str, Any]:
+    """A rule across fields the validator checks, in the schema's words: objects whose properties match
+    `condition` (each named one present) must have properties matching `then` (each named one present)."""
+    return {
+        "if": {"required": list(condition), "properties": condition},
+        "then": {"required": list(then), "properties": then},
+    }
+
+
 def _no_default(schema: dict[str, Any]) -> None:
     schema.pop("default", None)  # absent, not null: the other field of a oneOf is given instead
 
@@ -75,7 +86,7 @@ class DataSource(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra=one_of("records", "dataset"))
 
     records: list[Record] = Field(None, json_schema_extra=_no_default)  # type: ignore[assignment]
-    dataset: Text = Field(None, description="an uploaded dataset's id (ds_…)", json_schema_extra=_no_default)  # type: ignore[assignment]
+    dataset: Ref = Field(None, description="an uploaded dataset's id (ds_…)", json_schema_extra=_no_default)  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _one(self) -> DataSource:
@@ -91,12 +102,12 @@ class JobCreate(BaseModel):
         description="name of the adapter to train; a new version if it exists",
         json_schema_extra={"pattern": NAME_PATTERN},  # checked by the service, which says what a name may be
     )
-    base_model: Text = "minilm"
+    base_model: Ref = "minilm"
     train: DataSource
     validation: DataSource | None = None
     validation_split: float = Field(0.1, ge=0, lt=1, description="held out of train when no validation")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
-    init_from: Text | None = Field(
+    init_from: Ref | None = Field(
         None,
         description="continue training this adapter version (`name`: the newest, or `name@vN`): start from its LoRA"
         " weights and head; the same base and label set, its LoRA rank, alpha and targets",
@@ -330,7 +341,14 @@ class DeletedPublic(BaseModel):
 class PredictRequest(BaseModel):
     """One adapter (`adapter`), or several classifiers on the same inputs (`adapters`): exactly one."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra=one_of("adapter", "adapters"))
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            **one_of("adapter", "adapters"),
+            # one text: one pair (a list of inputs: as many pairs, which a schema can't say)
+            **when({"inputs": {"type": "string"}}, {"text_pairs": {"type": "array", "maxItems": 1}}),
+        },
+    )
 
     adapter: Text = Field(  # type: ignore[assignment]
         None, description="`name` (newest version) or `name@vN`", json_schema_extra=_ref_without_default
@@ -344,7 +362,9 @@ class PredictRequest(BaseModel):
     inputs: InputText | Annotated[list[InputText], Field(min_length=1)] = Field(
         description="a text, or a list of texts (at most the server's PEFTSERVE_MAX_PREDICT_INPUTS)"
     )
-    text_pairs: list[InputText] | None = Field(None, description="second texts, one per input (pair tasks)")
+    text_pairs: Annotated[list[InputText], Field(min_length=1)] | None = Field(
+        None, description="second texts, one per input (pair tasks)"
+    )
 
 
 class Prediction(BaseModel):

@@ -130,13 +130,10 @@ class PeftServe:
         return self.datasets.save(rows, filename=filename, notes=notes)
 
     def _data(self, source: schemas.DataSource, prefix: str = "", min_labels: int = 2) -> RequestData:
-        """The data a request names: an uploaded dataset (unknown: a 422 naming the field, as any bad input),
-        or inline records validated here and not stored."""
+        """The data a request names: an uploaded dataset (unknown: a 404 naming the field, as any reference to
+        something that doesn't exist), or inline records validated here and not stored."""
         if source.dataset is not None:
-            try:
-                return RequestData(uploaded=self.datasets.get(source.dataset, field=f"{prefix}dataset"))
-            except NotFound as e:
-                raise ValidationFailed(e.message, field=e.field) from None
+            return RequestData(uploaded=self.datasets.get(source.dataset, field=f"{prefix}dataset"))
         records = [r.model_dump(exclude_none=True) for r in source.records or []]
         return RequestData(records=validate_records(records, f"{prefix}records", self.limits, min_labels=min_labels))
 
@@ -184,9 +181,10 @@ class PeftServe:
             )
 
     def _check_base_model(self, name: str) -> None:
-        """A base this server knows, of an architecture it can train and serve (422 naming base_model)."""
+        """A base this server knows (else 404), of an architecture it can train and serve (else 422); both name
+        base_model."""
         if name not in self.registry.sources:
-            raise ValidationFailed(
+            raise NotFound(
                 f"unknown base model {name!r}" + hint(name, self.registry.names(), "known"), field="base_model"
             )
         arch = self.registry.architecture(name)
@@ -197,15 +195,12 @@ class PeftServe:
 
     def _continued(self, body: schemas.JobCreate, train: RequestData) -> tuple[str | None, Hyperparameters]:
         """For `init_from`: the pinned version (`name@vN`) and the hyperparameters with its LoRA structure (rank,
-        alpha, targets: the weights must fit); refused with a 422 naming the field when the version is unknown,
+        alpha, targets: the weights must fit); a 404 naming the field when the version is unknown, a 422 when it is
         on another base, has another label set, or the job asks for another LoRA structure."""
         hp = body.hyperparameters
         if body.init_from is None:
             return None, hp
-        try:
-            parent = self.adapters.resolve(body.init_from, field="init_from")
-        except NotFound as e:
-            raise ValidationFailed(e.message, field="init_from") from None
+        parent = self.adapters.resolve(body.init_from, field="init_from")
         if parent.meta["base_model"] != body.base_model:
             raise ValidationFailed(
                 f"{parent.ref} was trained on {parent.meta['base_model']!r}, this job's base_model is "
@@ -395,7 +390,10 @@ class PeftServe:
                 f"{len(texts)} inputs is over the limit of {self.settings.max_predict_inputs}", field="inputs"
             )
         if body.text_pairs is not None and len(body.text_pairs) != len(texts):
-            raise ValidationFailed("give one text pair per input", field="text_pairs")
+            raise ValidationFailed(
+                f"give one text pair per input: {len(texts)} input(s), {len(body.text_pairs)} text_pairs",
+                field="text_pairs",
+            )
         for key, values in (("inputs", texts), ("text_pairs", body.text_pairs or [])):
             for i, t in enumerate(values):
                 if not t.strip():

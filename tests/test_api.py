@@ -203,10 +203,11 @@ def test_list_and_cancel_jobs(client):
         ({"adapter": "../etc", "train": {"records": [{"text": "a", "label": "p"}]}}, 422, "adapter"),
         (
             {"adapter": "x", "base_model": "gpt-17", "train": {"records": [{"text": "a", "label": "p"}]}},
-            422,
+            404,  # a reference to nothing: 404, as for an unknown adapter
             "base_model",
         ),
-        ({"adapter": "x", "train": {"dataset": "ds_000000000000000000000000"}}, 422, "train.dataset"),
+        ({"adapter": "x", "train": {"dataset": "ds_000000000000000000000000"}}, 404, "train.dataset"),
+        ({"adapter": "x", "train": {"dataset": ""}}, 422, "train.dataset"),  # the document says: non-empty
         ({"adapter": "x", "train": {}}, 422, "train"),
         (
             {
@@ -394,8 +395,8 @@ def test_init_from_continues_an_adapter_and_records_its_parent(client):
     assert versions[1]["hyperparameters"]["target_modules"] == HP["target_modules"]  # the parent's structure
 
     # refused before anything is stored, naming the field
-    assert_error(client.post("/jobs", json={**body, "init_from": "nope"}), 422, "init_from")
-    assert_error(client.post("/jobs", json={**body, "init_from": "sent@v7"}), 422, "init_from")
+    assert_error(client.post("/jobs", json={**body, "init_from": "nope"}), 404, "init_from")
+    assert_error(client.post("/jobs", json={**body, "init_from": "sent@v7"}), 404, "init_from")
     topic = {**body, "train": {"records": toy_topic(60)}, "init_from": "sent"}
     err = assert_error(client.post("/jobs", json=topic), 422, "init_from")
     assert "labels" in err["message"]
@@ -528,7 +529,7 @@ def test_import_round_trips_a_download_and_refuses_bad_archives(client):
     assert_error(_import(client, _tar(peft_files), labels="a,b,c"), 422, "file")
     assert_error(_import(client, _tar(peft_files), labels='["a", "a"]'), 422, "labels")
     # the base: unknown, or one whose layers it does not fit
-    assert_error(_import(client, archive, base_model="nope"), 422, "base_model")
+    assert_error(_import(client, archive, base_model="nope"), 404, "base_model")
     assert_error(_import(client, archive, base_model="tiny-llama"), 422, "file")
     assert_error(_import(client, archive, name="../x"), 422, "name")
     assert [a["name"] for a in client.get("/adapters").json()["data"]] == ["copy", "sent"]  # nothing else stored
@@ -738,7 +739,7 @@ def test_errors_suggest_the_closest_name_and_list_what_exists(client):
     assert "did you mean 'learning_rate'?" in err["message"] and "epochs, learning_rate, lora_alpha" in err["message"]
     err = assert_error(client.post("/jobs", json={**body, "validaton_split": 0.2}), 422, "validaton_split")
     assert "did you mean 'validation_split'?" in err["message"]
-    err = assert_error(client.post("/jobs", json={**body, "base_model": "tiny-bret"}), 422, "base_model")
+    err = assert_error(client.post("/jobs", json={**body, "base_model": "tiny-bret"}), 404, "base_model")
     assert "did you mean 'tiny-bert'?" in err["message"] and "tiny-llama" in err["message"]
     train(client, "sentiment", records=toy_sentiment(24))
     err = assert_error(client.post("/predict", json={"adapter": "sentimnet", "inputs": ["good"]}), 404, "adapter")

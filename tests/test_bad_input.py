@@ -228,11 +228,19 @@ JOB_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("body", "field"), [c[1:] for c in JOB_CASES], ids=[c[0] for c in JOB_CASES])
-def test_bad_job(server, body, field):
+# references to nothing (a base model or dataset that doesn't exist): 404, as for an unknown adapter
+UNKNOWN_REFS = {"base-unknown", "base-path", "train-dataset-unknown", "train-dataset-traversal"}
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "status"),
+    [(*c[1:], 404 if c[0] in UNKNOWN_REFS else 422) for c in JOB_CASES],
+    ids=[c[0] for c in JOB_CASES],
+)
+def test_bad_job(server, body, field, status):
     with stores_nothing(server):
         r = server.post("/jobs", json=body)
-    check_error(r, field)
+    check_error(r, field, status)
 
 
 RAW_BODIES = [
@@ -283,6 +291,8 @@ PREDICT_CASES = [
     ("inputs-object", {"adapter": "sent", "inputs": {"text": "good"}}, "inputs", 422),
     ("inputs-missing", {"adapter": "sent"}, "inputs", 422),
     ("text-pairs-count", {"adapter": "sent", "inputs": ["a", "b"], "text_pairs": ["x"]}, "text_pairs", 422),
+    ("text-pairs-empty", {"adapter": "sent", "inputs": "a", "text_pairs": []}, "text_pairs", 422),
+    ("text-pairs-two-for-one", {"adapter": "sent", "inputs": "a", "text_pairs": ["x", "y"]}, "text_pairs", 422),
     ("text-pair-empty", {"adapter": "sent", "inputs": ["a", "b"], "text_pairs": ["x", " "]}, "text_pairs[1]", 422),
     (
         "text-pair-over-limit",
@@ -323,8 +333,9 @@ def evaluate_cases(server) -> list:
         ({"adapter": "sent", "records": [rec(), rec(" ")]}, "records[1].text", 422),
         ({"adapter": "sent", "records": [rec()], "dataset": server.dataset_id}, "body", 422),
         ({"adapter": "sent"}, "body", 422),
-        ({"adapter": "sent", "dataset": "ds_" + "0" * 24}, "dataset", 422),
-        ({"adapter": "sent", "dataset": "../datasets/x.jsonl"}, "dataset", 422),
+        ({"adapter": "sent", "dataset": "ds_" + "0" * 24}, "dataset", 404),
+        ({"adapter": "sent", "dataset": "../datasets/x.jsonl"}, "dataset", 404),  # never a path
+        ({"adapter": "sent", "dataset": ""}, "dataset", 422),
         ({"adapter": "nope", "records": [rec()]}, "adapter", 404),
         ({"adapter": "../sent", "records": [rec()]}, "adapter", 422),
     ]

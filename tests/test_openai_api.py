@@ -161,8 +161,10 @@ def test_hyperparameters_resolve_and_bad_ones_name_openais_parameter(client):
     assert_openai_error(client.post("/v1/fine_tuning/jobs", json=twice), 400, "hyperparameters")
     assert_openai_error(client.post("/v1/fine_tuning/jobs", json={**body, "suffix": "bad name!"}), 400, "suffix")
     assert_openai_error(
-        client.post("/v1/fine_tuning/jobs", json={**body, "validation_file": "ds_0"}), 400, "validation_file"
+        client.post("/v1/fine_tuning/jobs", json={**body, "validation_file": "ds_0"}), 404, "validation_file"
     )
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", json={**body, "model": "gpt-17"}), 404, "model")
+    assert_openai_error(client.post("/v1/fine_tuning/jobs", json={**body, "model": ""}), 400, "model")
     many = {f"k{i}": "v" for i in range(17)}
     assert_openai_error(client.post("/v1/fine_tuning/jobs", json={**body, "metadata": many}), 400, "metadata")
     assert_openai_error(
@@ -194,6 +196,8 @@ def test_chat_refuses_what_a_classifier_cannot_honour(client):
         ask(one, [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]), 400, "messages"
     )
     assert_openai_error(ask(one, top_logprobs=2), 400, "top_logprobs")
+    assert_openai_error(ask(one, n=2), 400, "n")  # several choices are sampled: temperature > 0
+
     lone = json.dumps({"model": one, "messages": [{"role": "user", "content": "a\ud800b"}]})  # JSON's escape
     r = client.post("/v1/chat/completions", content=lone, headers={"content-type": "application/json"})
     assert_openai_error(r, 400, "messages[0].content")
@@ -214,3 +218,11 @@ def test_chat_refuses_what_a_classifier_cannot_honour(client):
     events = [line.removeprefix("data: ") for line in streamed.text.split("\n\n") if line]
     assert events[-1] == "[DONE]" and json.loads(events[1])["usage"]["completion_tokens"] == 1
     assert json.loads(events[0])["object"] == "chat.completion.chunk"
+
+
+def test_chat_document_states_the_rules_across_fields(client):
+    """What _check_options refuses, the schema says (if/then), so a client generated from it knows."""
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["ChatCompletionCreate"]
+    rules = {tuple(rule["if"]["required"]): rule["then"] for rule in schema["allOf"]}
+    assert rules[("top_logprobs",)]["properties"] == {"logprobs": {"const": True}}
+    assert rules[("n",)]["properties"]["temperature"]["exclusiveMinimum"] == 0

@@ -188,7 +188,7 @@ def _model(svc: PeftServe, model: str) -> tuple[str, str | None]:
         if job is not None and model_id(job) == model and job.result_adapter:
             return job.base_model, job.result_adapter
     known = ", ".join(svc.registry.names())
-    raise ValidationFailed(f"model {model!r} is neither a base model ({known}) nor a fine-tuned model here", "model")
+    raise NotFound(f"model {model!r} is neither a base model ({known}) nor a fine-tuned model here", "model")
 
 
 def _hyperparameters(body: oa.FineTuningJobCreate) -> Hyperparameters:

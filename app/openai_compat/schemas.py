@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.schemas import Text
+from app.schemas import Ref, Text, when
 
 Auto = Literal["auto"]
 
@@ -95,9 +95,9 @@ class MethodIn(BaseModel):
 class FineTuningJobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: Text = Field(description="a base model (GET /v1/models), or a fine-tuned one to continue training")
-    training_file: Text = Field(description="a file id from POST /v1/files")
-    validation_file: Text | None = Field(None, description="a file id; without one, 10% of training rows are held out")
+    model: Ref = Field(description="a base model (GET /v1/models), or a fine-tuned one to continue training")
+    training_file: Ref = Field(description="a file id from POST /v1/files")
+    validation_file: Ref | None = Field(None, description="a file id; without one, 10% of training rows are held out")
     hyperparameters: HyperparametersIn | None = None
     method: MethodIn | None = None
     suffix: Text | None = Field(None, max_length=64, description="names the model: ft:<base>:<suffix>:<job id>")
@@ -229,9 +229,17 @@ class StreamOptions(BaseModel):
 class ChatCompletionCreate(BaseModel):
     """What a classifier can honour; any other parameter (tools, response_format, penalties...) is a 400."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={  # the rules _check_options enforces
+            "allOf": [
+                when({"top_logprobs": {"type": "integer"}}, {"logprobs": {"const": True}}),
+                when({"n": {"minimum": 2}}, {"temperature": {"type": "number", "exclusiveMinimum": 0}}),
+            ]
+        },
+    )
 
-    model: Text
+    model: Ref
     messages: list[dict[str, Any]] = Field(description="the user turns are the text classified; system turns aside")
     n: int = Field(1, ge=1, le=16, description="choices; above 1 needs temperature > 0 (labels sampled)")
     temperature: float | None = Field(
