@@ -259,10 +259,10 @@ def test_each_error_class(client, live, trained):
     with pytest.raises(openai.BadRequestError) as e:
         client.fine_tuning.jobs.create(model="tiny-bert", training_file=classic.id, hyperparameters={"n_epochs": 0})
     assert e.value.body["param"] == "hyperparameters.n_epochs"
-    with pytest.raises(openai.BadRequestError) as e:
+    with pytest.raises(openai.NotFoundError) as e:
         client.fine_tuning.jobs.create(model="tiny-bert", training_file="ds_000000000000000000000000")
     assert e.value.body["param"] == "training_file"
-    with pytest.raises(openai.BadRequestError) as e:
+    with pytest.raises(openai.NotFoundError) as e:
         client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=classic.id)
     assert e.value.body["param"] == "model"
     with pytest.raises(openai.BadRequestError) as e:
