@@ -59,12 +59,18 @@ def worker(
     parent_pid: int | None = typer.Option(None, help="stop (requeueing any running job) when this process ends"),
     log_level: str = typer.Option("info"),
 ) -> None:
-    """Run one training worker against the configured job store."""
+    """Run one training worker against the configured job store. Launched by torchrun with several processes
+    (`torchrun --nproc-per-node N --no-python peftserve worker`), the N processes train each job together."""
     from app.config import get_settings
     from app.jobs.worker import Worker
+    from app.training.distributed import GroupBroken
 
     _logging(log_level)
-    Worker(get_settings(), parent_pid=parent_pid).run(burst=burst)
+    try:
+        Worker(get_settings(), parent_pid=parent_pid).run(burst=burst)
+    except GroupBroken as e:  # a rank of a torchrun group is gone: exit non-zero, the launcher restarts the group
+        typer.echo(f"peftserve worker: the training group broke ({e.cause})", err=True)
+        raise typer.Exit(1) from None
 
 
 @app.command("export-merged")

@@ -81,6 +81,14 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(
         None, description="the Ray cluster to join (e.g. ray://head:10001 or auto); unset: a local Ray on demand"
     )
+    distributed_backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto",
+        description="a worker launched by torchrun on several GPUs trains each job on all of them: the"
+        " torch.distributed backend (auto: nccl on CUDA, gloo on CPU)",
+    )
+    distributed_timeout_seconds: float = Field(
+        600.0, gt=0, description="how long such a group waits on a rank before giving the job back"
+    )
     poll_interval: float = Field(0.5, gt=0, le=60)
     heartbeat_interval: float = Field(5.0, gt=0)
     lease_seconds: float = Field(60.0, gt=0, description="a running job whose heartbeat is older is requeued")

@@ -5,6 +5,10 @@ and returns an `Outcome` whatever happens; `_record` writes that outcome to the 
 or leave a job another worker now owns alone) and drops the checkpoint unless the job may resume from it.
 Shared resources (the stores, the loaded base) are built once and reused by the next job on the same base.
 `run(burst=True)` drains the queue and returns, which keeps worker tests simple.
+
+Launched by torchrun with several processes (one per GPU), the worker is a training group
+(app/training/distributed.py): rank 0 runs the loop above and tells the other ranks each job it claims, and
+they train it alongside (`_follow`) without writing anything.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import tempfile
 import threading
 import time
 import traceback
@@ -33,6 +38,7 @@ from app.training.advice import result_warnings
 from app.training.checkpoint import Checkpoints
 from app.training.config import Hyperparameters
 from app.training.data import is_multilabel, label_names, split_validation
+from app.training.distributed import IDLE, STOP, Group, GroupBroken
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,7 @@ class Outcome:
     metrics: dict | None = None  # succeeded: the run's metrics
     warnings: list[str] | None = None  # succeeded: what to look at (app/training/advice.py)
     error: tuple[str, str] | None = None  # failed: (code, message)
+    breaks_group: bool = False  # failed on this rank alone, maybe: the training group must end
 
     @property
     def ended(self) -> bool:
@@ -59,8 +66,22 @@ class Outcome:
         return self.kind in ("succeeded", "cancelled", "failed")
 
 
+@dataclass
+class _Inputs:
+    """What training a job takes, read the same way by every rank of a group."""
+
+    hp: Hyperparameters
+    train: list[dict]
+    val: list[dict]
+    parent: AdapterVersion | None  # the adapter version it continues (init_from)
+    labels: list[str]
+    multi_label: bool
+
+
 class Worker:
     def __init__(self, settings: Settings, parent_pid: int | None = None):
+        # Under torchrun (WORLD_SIZE > 1): one rank of a group training each job together, pinned to its GPU.
+        self.group = Group.from_env(settings.distributed_backend, settings.distributed_timeout_seconds)
         # A database restart is waited out for as long as the lease lasts (after that, others requeue the job).
         self.resources = SharedResources.open(settings, store_retry_seconds=settings.lease_seconds)
         self.settings, self.store = settings, self.resources.store
@@ -83,22 +104,52 @@ class Worker:
                 signal.signal(sig, lambda *_: self.stopping.set())
         res = self.resources
         log.info("worker %s ready (device=%s, quantization=%s)", self.id, res.device, res.quantization)
+        if self.group is not None and not self.group.main:
+            return self._follow()
         done, last_sweep = 0, 0.0
-        while not self.stopping.is_set():
-            if time.monotonic() - last_sweep > self.settings.lease_seconds / 2:
-                self.store.requeue_stale(self.settings.lease_seconds, self.settings.max_attempts)
-                self.sweep_checkpoints()
-                last_sweep = time.monotonic()
-            job = self.store.claim_next(self.id)
-            if job is None:
-                if burst:
+        try:
+            while not self.stopping.is_set():
+                if time.monotonic() - last_sweep > self.settings.lease_seconds / 2:
+                    self.store.requeue_stale(self.settings.lease_seconds, self.settings.max_attempts)
+                    self.sweep_checkpoints()
+                    last_sweep = time.monotonic()
+                job = self.store.claim_next(self.id)
+                if job is None and burst:
                     break
-                self.stopping.wait(self.settings.poll_interval)
-                continue
-            self.process(job)
-            done += 1
-        res.close()
+                self._announce(job.id if job else IDLE)
+                if job is None:
+                    self.stopping.wait(self.settings.poll_interval)
+                    continue
+                self.process(job)
+                done += 1
+            self._announce(STOP)
+            self._leave_group()
+        finally:
+            res.close()
         return done
+
+    def _announce(self, order: str | None) -> None:
+        if self.group is not None:
+            self.group.announce(order)
+
+    def _follow(self) -> int:
+        """A rank other than 0: train each job rank 0 announces alongside it, until it says stop. A broken group
+        (GroupBroken) ends the process; the job is rank 0's to recover."""
+        assert self.group is not None
+        done = 0
+        try:
+            while (order := self.group.receive()) is not STOP:
+                if order:
+                    self._train_alongside(self.store.get_job(order))
+                    done += 1
+            self._leave_group()
+        finally:
+            self.resources.close()
+        return done
+
+    def _leave_group(self) -> None:
+        if self.group is not None:
+            self.group.close()
 
     def sweep_checkpoints(self) -> None:
         """Remove the checkpoints of jobs that ended without a worker (cancelled while queued or paused, failed
@@ -130,12 +181,17 @@ class Worker:
         self._record(job, outcome)
         if outcome.ended:
             checkpoints.clear()
+        if outcome.breaks_group:
+            raise GroupBroken(RuntimeError(f"job {job.id} failed on rank 0"))
 
     # ---- doing the job ------------------------------------------------------------------------
     def _attempt(self, job: Job, reporter: _JobReporter, checkpoints: Checkpoints) -> Outcome:
         """Train and commit; every way that can end (done, interrupted, failed) is an Outcome."""
         try:
             return self._train_and_commit(job, reporter, checkpoints)
+        except GroupBroken:  # a rank is gone: the job stays ours until the lease runs out, then it resumes
+            log.error("job %s: the training group broke; stopping this worker", job.id)
+            raise
         except JobInterrupted as e:  # "cancelled", "paused", "lost" (requeued after a missed lease) or "shutdown"
             return Outcome(e.reason)  # type: ignore[arg-type]
         except TrainingError as e:
@@ -144,20 +200,19 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - any failure ends the job with a readable error
             log.error("job %s failed:\n%s", job.id, traceback.format_exc())
             self.base = None
-            return Outcome("failed", error=("training_failed", f"{type(e).__name__}: {e}"[:2000]))
+            error = ("training_failed", f"{type(e).__name__}: {e}"[:2000])
+            # In a group the other ranks may be mid-step: the group ends once the failure is recorded.
+            return Outcome("failed", error=error, breaks_group=self.group is not None)
 
     def _train_and_commit(self, job: Job, reporter: _JobReporter, checkpoints: Checkpoints) -> Outcome:
         from app.training.trainer import train_adapter  # heavy import, worker-only
 
-        hp = Hyperparameters(**job.hyperparameters)
+        inputs = self._inputs(job)
+        hp, train, val, parent, labels = inputs.hp, inputs.train, inputs.val, inputs.parent, inputs.labels
         reporter.batch_size = hp.batch_size
-        train, val = self._data(job, hp.seed)
-        parent = self._parent(job)
-        labels = parent.labels if parent else sorted({name for r in train + val for name in label_names(r)})
-        multi_label = is_multilabel(train)
         base = self._base(job.base_model, reporter)
         reporter.event(f"Training {len(train)} examples, validating on {len(val)}; labels {labels}")
-        meta = _adapter_meta(job, hp, labels, base, parent, multi_label)
+        meta = _adapter_meta(job, hp, labels, base, parent, inputs.multi_label)
 
         def keep_epoch(step: int, epoch: int, figures: dict, write: Callable[[Path], None]) -> None:
             self.resources.epochs.save(job.id, step, write, {**meta, "epoch": epoch, "metrics": figures})
@@ -175,13 +230,14 @@ class Worker:
                 gradient_checkpointing=self.settings.gradient_checkpointing,
                 checkpoints=checkpoints,
                 init_from=parent.weights if parent else None,
-                multi_label=multi_label,
+                multi_label=inputs.multi_label,
                 keep_epoch=keep_epoch,
+                group=self.group,
             )
             if not self.store.owns(job.id, self.id):  # lease lost meanwhile: another worker has it
                 return Outcome("lost")
             meta["metrics"] = result.metrics
-            if multi_label:
+            if inputs.multi_label:
                 meta["thresholds"] = result.thresholds
             adapter = self.resources.adapters.commit(staging, job.adapter, meta)
             warnings = result_warnings([r["label"] for r in val], labels, result.metrics)
@@ -190,6 +246,47 @@ class Worker:
             return Outcome("succeeded", adapter=adapter, metrics=meta["metrics"], warnings=warnings)
         finally:
             self.resources.adapters.discard(staging)  # gone already once committed
+
+    def _train_alongside(self, job: Job) -> None:
+        """A follower's part in a job rank 0 trains: the same inputs and base, its share of each batch, nothing
+        reported or written. A stop or a training error ends it on every rank alike."""
+        from app.training.trainer import train_adapter
+
+        checkpoints = Checkpoints(self.resources.checkpoints.child(job.id), self.settings.checkpoint_steps)
+        try:
+            inputs = self._inputs(job)
+            base = self._base(job.base_model, _Silent())
+            with tempfile.TemporaryDirectory() as scratch:  # never written: rank 0 saves the adapter
+                train_adapter(
+                    base,
+                    inputs.train,
+                    inputs.val,
+                    inputs.labels,
+                    inputs.hp,
+                    Path(scratch),
+                    _Silent(),
+                    gradient_checkpointing=self.settings.gradient_checkpointing,
+                    checkpoints=checkpoints,
+                    init_from=inputs.parent.weights if inputs.parent else None,
+                    multi_label=inputs.multi_label,
+                    group=self.group,
+                )
+            log.info("job %s trained alongside rank 0", job.id)
+        except GroupBroken:
+            raise
+        except JobInterrupted as e:
+            log.info("job %s stopped on every rank: %s", job.id, e.reason)
+        except TrainingError as e:
+            self.base = None
+            log.info("job %s failed on every rank: %s", job.id, e.message)
+
+    def _inputs(self, job: Job) -> _Inputs:
+        """The job's hyperparameters, rows, parent adapter and labels."""
+        hp = Hyperparameters(**job.hyperparameters)
+        train, val = self._data(job, hp.seed)
+        parent = self._parent(job)
+        labels = parent.labels if parent else sorted({name for r in train + val for name in label_names(r)})
+        return _Inputs(hp, train, val, parent, labels, is_multilabel(train))
 
     def _parent(self, job: Job) -> AdapterVersion | None:
         """The adapter version the job continues (`init_from`), if any; gone since the job was queued: the job
@@ -211,7 +308,7 @@ class Worker:
             return split_validation(train, job.validation_split, seed)
         return train, []
 
-    def _base(self, name: str, reporter: _JobReporter) -> LoadedBase:
+    def _base(self, name: str, reporter: _JobReporter | _Silent) -> LoadedBase:
         if self.base is None or self.base.name != name:
             self.base = None  # one base per worker process: free the old one first
             started = time.perf_counter()
@@ -339,3 +436,19 @@ class _JobReporter:
 
     def rewind(self, step: int) -> None:
         self.store.truncate_metrics(self.job_id, step)
+
+
+class _Silent:
+    """The Reporter of a group's other ranks: rank 0 alone reports (and asks for stops)."""
+
+    def progress(self, step: int, total_steps: int, epoch: float) -> str | None:
+        return None
+
+    def metrics(self, points: list[dict]) -> None:
+        pass
+
+    def event(self, message: str, data: dict | None = None) -> None:
+        pass
+
+    def rewind(self, step: int) -> None:
+        pass

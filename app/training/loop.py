@@ -4,7 +4,9 @@ best weights, save).
 
 A lean loop rather than the HF Trainer: texts tokenized once and batched by similar length, bf16 autocast on
 a bf16 base, AdamW with linear warm-up and decay, progress, metrics and cancellation through the Reporter
-about every 0.5 s (no per-step host work). Knows nothing of HTTP or the database.
+about every 0.5 s (no per-step host work). With a `Group` (app/training/distributed.py) several processes
+run it together, each on its share of every batch; rank 0 alone reports, checkpoints and saves. Knows
+nothing of HTTP or the database.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from app.metrics import classification_metrics, multilabel_metrics, tuned_thresh
 from app.training.batches import Encoded, collate, encode, length_grouped_batches
 from app.training.checkpoint import Checkpoints, fingerprint, restore_rngs
 from app.training.config import Hyperparameters
+from app.training.distributed import Group
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +101,11 @@ class TrainingRun:
         checkpoints: Checkpoints | None = None,
         multi_label: bool = False,
         keep_epoch: EpochSink | None = None,
+        group: Group | None = None,
     ):
         self.base, self.model, self.labels, self.hp, self.reporter = base, model, labels, hp, reporter
-        self.checkpoints, self.multi_label, self.keep_epoch = checkpoints, multi_label, keep_epoch
+        self.checkpoints, self.multi_label, self.keep_epoch, self.group = checkpoints, multi_label, keep_epoch, group
+        self.writes = group is None or group.main  # checkpoints and the adapter: one process writes them
         self.last_eval: dict[str, Any] = {}  # the latest validation figures
         self.last_loss: float | None = None  # the latest logged training loss
         self.thresholds = [0.5] * len(labels)  # multi-label decisions (tuned at the end on request)
@@ -108,7 +113,8 @@ class TrainingRun:
         self.pad_id = base.tokenizer.pad_token_id or 0
         self.pending: list[dict] = []  # metric points not yet sent to the Reporter
         self.last_flush = 0.0
-        self.stop_reason: str | None = None  # set when the Reporter says stop
+        self.requested: str | None = None  # a stop the Reporter asked for
+        self.stop_reason: str | None = None  # the stop taken (in a group: once every rank knows of it)
 
     def run(self, train_rows: list[dict], val_rows: list[dict], out_dir: Path) -> TrainResult:
         self._setup_data(train_rows, val_rows)
@@ -135,7 +141,8 @@ class TrainingRun:
         self.rng = np.random.default_rng(self.hp.seed)  # shuffling
 
     def _setup_optimizer(self) -> None:
-        hp, params = self.hp, [p for p in self.model.parameters() if p.requires_grad]
+        hp = self.hp
+        params = self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(
             [
                 {"params": [p for p in params if p.ndim >= 2], "weight_decay": hp.weight_decay},
@@ -202,7 +209,7 @@ class TrainingRun:
         return state
 
     def _checkpoint(self, state: RunState) -> None:
-        if self.checkpoints is None:
+        if self.checkpoints is None or not self.writes:
             return
         self._flush(state.step, state.step / self.steps_per_epoch, force=True)  # the store has every point
         self.checkpoints.save(
@@ -237,15 +244,30 @@ class TrainingRun:
                 raise JobInterrupted(self.stop_reason)
 
     def _step(self, idx: list[int]) -> tuple[torch.Tensor, float]:
-        """One optimizer step on the rows `idx`; returns its loss (a tensor: no host sync) and learning rate."""
-        batch = collate(self.train, idx, self.pad_id, self.base.device)
-        loss = self.loss_fn(self._forward(batch), batch["labels"])
-        loss.backward()
+        """One optimizer step on the rows `idx`; returns its loss (a tensor: no host sync) and learning rate.
+        In a group each rank takes its share of the rows, and the gradients are summed across ranks."""
+        if self.group is None:
+            loss = self._backward(idx)
+        else:
+            rows = self.group.shard(idx)
+            loss = self._backward(rows, share=len(rows) / len(idx))
+            loss, self.stop_reason = self.group.reduce_step(self.params, loss, self.requested)
         self.opt.step()
         lr = self.sched.get_last_lr()[0]
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
         return loss.detach(), lr
+
+    def _backward(self, idx: list[int], share: float = 1.0) -> torch.Tensor:
+        """Backward pass of the mean loss over `idx`, weighted by `share` (this rank's part of the batch)."""
+        if not idx:  # a batch smaller than the group: nothing for this rank to add
+            return torch.zeros((), device=self.base.device)
+        batch = collate(self.train, idx, self.pad_id, self.base.device)
+        loss = self.loss_fn(self._forward(batch), batch["labels"])
+        if share != 1.0:
+            loss = loss * share
+        loss.backward()
+        return loss.detach()
 
     def _log_step(self, state: RunState, lr: float) -> None:
         step = state.step
@@ -275,6 +297,8 @@ class TrainingRun:
         if not stop_early and not last_epoch:  # the next epoch starts from here
             state.epoch, state.batch, state.epoch_rng = epoch + 1, 0, self.rng.bit_generator.state
             self._checkpoint(state)
+        if self.group is not None:  # the stop rank 0 was asked for meanwhile, on every rank
+            self.stop_reason = self.group.agree(self.requested, self.base.device)
         if self.stop_reason and not ((stop_early or last_epoch) and self.stop_reason in RESUMABLE_STOPS):
             raise JobInterrupted(self.stop_reason)  # cancelled, lost, paused or shut down between epochs
         if stop_early:  # (a shutdown or pause during the final evaluation lets the finished run save)
@@ -300,7 +324,7 @@ class TrainingRun:
 
     def _keep_epoch(self, state: RunState, epoch: int) -> None:
         """Hand the epoch's adapter (as it stands, not the best so far) and its figures to `keep_epoch`."""
-        if self.keep_epoch is None:
+        if self.keep_epoch is None or not self.writes:
             return
         pending = float(state.loss_sum) / state.loss_n if state.loss_n else None  # steps since the last point
         figures = {"train_loss": pending if pending is not None else self.last_loss}
@@ -372,7 +396,8 @@ class TrainingRun:
                 values = {**self.evaluate(self.val), "thresholds_tuned_on": "validation"}
             metrics.update(_rounded(values))
             metrics["best_step"] = best_step
-        self.model.save_pretrained(str(out_dir), safe_serialization=True)
+        if self.writes:
+            self.model.save_pretrained(str(out_dir), safe_serialization=True)
         return TrainResult(metrics=metrics, thresholds=self.thresholds if self.multi_label else None)
 
     # ---- helpers ------------------------------------------------------------------------------
@@ -391,8 +416,10 @@ class TrainingRun:
             self.reporter.metrics(self.pending)
             self.pending = []
         reason = self.reporter.progress(step, self.total, round(epoch, 4))
-        if reason and not self.stop_reason:
-            self.stop_reason = reason
+        if reason and not self.requested:
+            self.requested = reason
+        if self.group is None:  # alone: taken at once; in a group, at the next step every rank takes together
+            self.stop_reason = self.requested
 
 
 def _rounded(values: dict[str, Any]) -> dict[str, Any]:

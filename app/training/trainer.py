@@ -16,6 +16,7 @@ from app.base_models.loading import LoadedBase, new_head
 from app.errors import TrainingError
 from app.training.checkpoint import Checkpoints
 from app.training.config import Hyperparameters
+from app.training.distributed import Group
 from app.training.loop import EpochSink, Reporter, TrainingRun, TrainResult
 
 
@@ -32,6 +33,7 @@ def train_adapter(
     init_from: Path | None = None,
     multi_label: bool = False,
     keep_epoch: EpochSink | None = None,
+    group: Group | None = None,
 ) -> TrainResult:
     _seed(hp.seed)
     new_head(base, labels, hp.seed, multi_label)
@@ -40,7 +42,7 @@ def train_adapter(
     try:
         if init_from is not None:
             _load_parent(model, init_from)
-        run = TrainingRun(base, model, labels, hp, reporter, checkpoints, multi_label, keep_epoch)
+        run = TrainingRun(base, model, labels, hp, reporter, checkpoints, multi_label, keep_epoch, group)
         return run.run(train_rows, val_rows, out_dir)
     finally:
         # Take LoRA layers and the head wrapper off again: the shared base is clean for the next job.
