@@ -43,6 +43,7 @@ bench-inference: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.inference
 
 bench-training: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.train_speed --before
 	HF_HUB_OFFLINE=1 $(PY) -m bench.training
 
 bench-fuzz: install
