@@ -176,25 +176,12 @@ def trainer_run(train, val, labels, config: dict, epochs: int, dtype, device: st
 
 
 # ---- ours -------------------------------------------------------------------------------------------
-class _Quiet:
-    def progress(self, step, total_steps, epoch):
-        return None
-
-    def metrics(self, points):
-        pass
-
-    def event(self, message, data=None):
-        pass
-
-    def rewind(self, step):
-        pass
-
-
 def ours_in_process(train, labels, config: dict, epochs: int, dtype, device: str):
     """`train_adapter` on a base loaded as the worker loads it; returns (seconds, real tokens trained)."""
     from app.base_models.loading import load_base
     from app.base_models.registry import ModelRegistry
     from app.config import Settings
+    from app.jobs.reporting import SilentReporter
     from app.training.config import Hyperparameters
     from app.training.trainer import train_adapter
 
@@ -208,7 +195,7 @@ def ours_in_process(train, labels, config: dict, epochs: int, dtype, device: str
     )
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        result = train_adapter(base, train, [], labels, hp, Path(tmp), _Quiet())
+        result = train_adapter(base, train, [], labels, hp, Path(tmp), SilentReporter())
         seconds = time.perf_counter() - t0
     return seconds, result.metrics["train_tokens"]
 

@@ -23,15 +23,14 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
 from app.base_models.loading import LoadedBase, load_base, resolve_dtype
 from app.config import Settings
 from app.errors import JobInterrupted, NotFound, TrainingError
-from app.jobs.store import JobStore
-from app.jobs.tables import Job, JobStatus, utcnow
+from app.jobs.reporting import Heartbeat, JobReporter, SilentReporter
+from app.jobs.tables import Job, JobStatus
 from app.resources import SharedResources
 from app.stores.adapters import AdapterVersion
 from app.training.advice import result_warnings
@@ -175,8 +174,8 @@ class Worker:
         """One claimed job: do it, then record how it ended."""
         # Job ids are ours ("job_" + hex): a key of its own under the checkpoints area.
         checkpoints = Checkpoints(self.resources.checkpoints.child(job.id), self.settings.checkpoint_steps)
-        with _Heartbeat(self.store, job.id, self.id, self.settings.heartbeat_interval) as beat:
-            reporter = _JobReporter(self.store, job.id, self.id, self.stopping, beat)
+        with Heartbeat(self.store, job.id, self.id, self.settings.heartbeat_interval) as beat:
+            reporter = JobReporter(self.store, job.id, self.id, self.stopping, beat)
             outcome = self._attempt(job, reporter, checkpoints)
         self._record(job, outcome)
         if outcome.ended:
@@ -185,7 +184,7 @@ class Worker:
             raise GroupBroken(RuntimeError(f"job {job.id} failed on rank 0"))
 
     # ---- doing the job ------------------------------------------------------------------------
-    def _attempt(self, job: Job, reporter: _JobReporter, checkpoints: Checkpoints) -> Outcome:
+    def _attempt(self, job: Job, reporter: JobReporter, checkpoints: Checkpoints) -> Outcome:
         """Train and commit; every way that can end (done, interrupted, failed) is an Outcome."""
         try:
             return self._train_and_commit(job, reporter, checkpoints)
@@ -204,7 +203,7 @@ class Worker:
             # In a group the other ranks may be mid-step: the group ends once the failure is recorded.
             return Outcome("failed", error=error, breaks_group=self.group is not None)
 
-    def _train_and_commit(self, job: Job, reporter: _JobReporter, checkpoints: Checkpoints) -> Outcome:
+    def _train_and_commit(self, job: Job, reporter: JobReporter, checkpoints: Checkpoints) -> Outcome:
         from app.training.trainer import train_adapter  # heavy import, worker-only
 
         inputs = self._inputs(job)
@@ -255,7 +254,7 @@ class Worker:
         checkpoints = Checkpoints(self.resources.checkpoints.child(job.id), self.settings.checkpoint_steps)
         try:
             inputs = self._inputs(job)
-            base = self._base(job.base_model, _Silent())
+            base = self._base(job.base_model, SilentReporter())
             with tempfile.TemporaryDirectory() as scratch:  # never written: rank 0 saves the adapter
                 train_adapter(
                     base,
@@ -264,7 +263,7 @@ class Worker:
                     inputs.labels,
                     inputs.hp,
                     Path(scratch),
-                    _Silent(),
+                    SilentReporter(),
                     gradient_checkpointing=self.settings.gradient_checkpointing,
                     checkpoints=checkpoints,
                     init_from=inputs.parent.weights if inputs.parent else None,
@@ -308,7 +307,7 @@ class Worker:
             return split_validation(train, job.validation_split, seed)
         return train, []
 
-    def _base(self, name: str, reporter: _JobReporter | _Silent) -> LoadedBase:
+    def _base(self, name: str, reporter: JobReporter | SilentReporter) -> LoadedBase:
         if self.base is None or self.base.name != name:
             self.base = None  # one base per worker process: free the old one first
             started = time.perf_counter()
@@ -364,91 +363,3 @@ def _adapter_meta(
         "parent": parent.ref if parent else None,
         **({"multi_label": True, "thresholds": [0.5] * len(labels)} if multi else {}),
     }
-
-
-class _Heartbeat(threading.Thread):
-    """Renews the job's lease while anything (loading, tokenizing, training) runs; notes cancellation.
-    A context manager: beats from entry to exit."""
-
-    def __init__(self, store: JobStore, job_id: str, worker_id: str, interval: float):
-        super().__init__(daemon=True)
-        self.store, self.job_id, self.worker_id, self.interval = store, job_id, worker_id, interval
-        self.cancelled = threading.Event()  # set with `reason` when the job must stop
-        self.reason = "cancelled"
-        self._done = threading.Event()
-
-    def __enter__(self) -> _Heartbeat:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-
-    def run(self) -> None:
-        while not self._done.wait(self.interval):
-            try:
-                reason = self.store.heartbeat(self.job_id, self.worker_id)
-                if reason:
-                    self.reason = reason
-                    self.cancelled.set()
-            except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
-                log.warning("heartbeat for %s failed", self.job_id, exc_info=True)
-
-
-class _JobReporter:
-    """The trainer's Reporter, writing to the job store."""
-
-    def __init__(self, store: JobStore, job_id: str, worker_id: str, stopping: threading.Event, beat: _Heartbeat):
-        self.store, self.job_id, self.worker_id, self.stopping, self.beat = store, job_id, worker_id, stopping, beat
-
-    batch_size = 1
-    _first: tuple[float, int] | None = None  # (time, step) of this attempt's first report
-
-    def progress(self, step: int, total_steps: int, epoch: float) -> str | None:
-        now = time.monotonic()
-        extra: dict = {}
-        if self._first is None:
-            self._first = (now, step)
-        elif step > self._first[1] and now > self._first[0]:
-            # Measured over this attempt so far (evaluations included): the ETA and the training speed.
-            per_step = (now - self._first[0]) / (step - self._first[1])
-            extra["estimated_finish"] = utcnow() + timedelta(seconds=per_step * max(0, total_steps - step))
-            extra["samples_per_second"] = round(self.batch_size / per_step, 3)
-        stop = self.store.heartbeat(
-            self.job_id, self.worker_id, step=step, total_steps=total_steps, epoch=epoch, **extra
-        )
-        if stop:
-            return stop
-        if self.beat.cancelled.is_set():
-            return self.beat.reason
-        if self.stopping.is_set():
-            return "shutdown"
-        return None
-
-    def metrics(self, points: list[dict]) -> None:
-        self.store.add_metrics(self.job_id, points, self.worker_id)
-        last = points[-1]
-        values = ", ".join(f"{k} {v:.4g}" for k, v in last["values"].items() if isinstance(v, int | float))
-        self.store.add_event(self.job_id, f"{last['kind']} step {last['step']}: {values}", type="metrics", data=last)
-
-    def event(self, message: str, data: dict | None = None) -> None:
-        self.store.add_event(self.job_id, message, data=data)
-
-    def rewind(self, step: int) -> None:
-        self.store.truncate_metrics(self.job_id, step)
-
-
-class _Silent:
-    """The Reporter of a group's other ranks: rank 0 alone reports (and asks for stops)."""
-
-    def progress(self, step: int, total_steps: int, epoch: float) -> str | None:
-        return None
-
-    def metrics(self, points: list[dict]) -> None:
-        pass
-
-    def event(self, message: str, data: dict | None = None) -> None:
-        pass
-
-    def rewind(self, step: int) -> None:
-        pass
