@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from app.base_models.tiny import NEGATIVE, NEUTRAL, POSITIVE, WORDS
+from app.base_models.tiny import NEGATIVE, NEUTRAL, POSITIVE, _decoder_tokenizer
 
 RESULTS: dict[str, object] = {}
 CUDA = torch.cuda.is_available()  # without one (--small, a smoke run of this script on CPU) the GPU figures are 0
@@ -50,17 +50,9 @@ def long_sentiment(n: int, words: int = 100, seed: int = 0) -> list[dict]:
 def build_llama(path: Path, small: bool = False) -> Path:
     """TinyLlama-1.1B's shape (22 layers, hidden 2048, 32 heads / 4 KV heads, MLP 5632), random bf16 weights;
     `small`: 2 layers of 64."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    specials = ["<unk>", "<s>", "</s>"]
-    vocab = {t: i for i, t in enumerate(specials + WORDS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A </s> $B:1", special_tokens=[("<s>", 1), ("</s>", 2)]
-    )
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast, vocab = _decoder_tokenizer(["<unk>", "<s>", "</s>"], bos="<s>", eos="</s>", unk="<unk>")
     config = LlamaConfig(
         vocab_size=len(vocab),
         hidden_size=64 if small else 2048,
@@ -192,7 +184,7 @@ def training_group(root: Path, model: Path, rows: list[dict], hp: dict) -> None:
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     say("group_exit_code", run.returncode)
     say("group_wall_seconds_with_base_loads", round(time.perf_counter() - started, 2))
-    print(run.stderr[-4000:], flush=True)
+    print(run.stderr if run.returncode else run.stderr[-4000:], flush=True)  # all of it when a rank failed
     done = svc.store.get_job(job.id)
     say("group_job_status", done.status)
     if done.status != "succeeded":
