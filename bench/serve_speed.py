@@ -1,0 +1,191 @@
+"""Serving speed in process, side by side in one run: the engine against the loop a user would write.
+
+    python -m bench.serve_speed [--seconds 10]
+
+On `minilm` with 8 adapters (each trained for one epoch on 96 Rotten Tomatoes snippets, the defaults), one
+text per request, the texts drawn from the held-out snippets:
+- naive: plain transformers + peft with the 8 adapters loaded in one PeftModel; per request `set_adapter`,
+  tokenize the text, forward, softmax. One text at a time, in fp32 and in bf16 where the CPU has it; the
+  faster dtype is the baseline.
+- engine: `app.inference.engine.InferenceEngine` called by 32 threads at once, each sending one text at a time
+  over the 8 adapters, in fp32 and in the dtype the server picks (`auto`). Also printed: its share of the
+  GEMM ceiling, which is real tokens x 2 x the encoder's Linear weights / wall / the GEMM rate of that dtype,
+  measured in the same run.
+- latency: one short text alone through the engine against the adapter merged into the base
+  (`merge_and_unload()`, the fastest thing a user could run for one adapter), p50 of 200, both in the auto
+  dtype.
+The HTTP figures (the goal's "through HTTP") are `bench/inference.py`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import pct, rt_rows, table
+from bench.inference import N_ADAPTERS, SHORT, train_adapters
+from bench.train_speed import _cpu_name, encoder_flops_per_token, gemm_rate
+
+CALLERS = 32
+
+
+def naive_loop(work: Path, texts: list[str], dtype: torch.dtype, seconds: float) -> float:
+    """Requests per second of the loop a user would write: set_adapter, tokenize, forward, one at a time."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bench.training import minilm_path
+
+    path = minilm_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    model = PeftModel.from_pretrained(base, str(work / "adapters" / "a0" / "v1"), adapter_name="a0")
+    for i in range(1, N_ADAPTERS):
+        model.load_adapter(str(work / "adapters" / f"a{i}" / "v1"), adapter_name=f"a{i}")
+    model = model.to(dtype).eval()
+
+    def one(i: int) -> None:
+        model.set_adapter(f"a{i % N_ADAPTERS}")
+        with torch.inference_mode():
+            enc = tok([texts[i % len(texts)]], truncation=True, max_length=128, return_tensors="pt")
+            torch.softmax(model(**enc).logits.float(), -1).tolist()
+
+    for i in range(20):
+        one(i)
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        one(n)
+        n += 1
+    return n / (time.perf_counter() - started)
+
+
+def engine_for(work: Path, dtype: torch.dtype):
+    from app.base_models.registry import ModelRegistry
+    from app.config import Settings
+    from app.inference.engine import InferenceEngine
+    from app.stores.adapters import LocalAdapterStore
+
+    settings = Settings(_env_file=None, data_dir=work / "data")
+    registry = ModelRegistry(settings.models, settings.model_cache_dir)
+    engine = InferenceEngine(registry, LocalAdapterStore(work / "adapters"), "cpu", "none", dtype=dtype)
+    for i in range(N_ADAPTERS):  # loaded before the clock starts
+        engine.predict(f"a{i}", [SHORT])
+    return engine
+
+
+def engine_concurrent(engine, texts: list[str], tokens: list[int], seconds: float) -> tuple[float, float]:
+    """Texts per second and real tokens per second with CALLERS threads sending one text at a time."""
+    done = [0] * CALLERS
+    real = [0] * CALLERS
+    stop = threading.Event()
+
+    def caller(c: int) -> None:
+        i = c
+        while not stop.is_set():
+            engine.predict(f"a{i % N_ADAPTERS}", [texts[i % len(texts)]])
+            done[c] += 1
+            real[c] += tokens[i % len(texts)]
+            i += CALLERS
+
+    threads = [threading.Thread(target=caller, args=(c,), daemon=True) for c in range(CALLERS)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join(60)
+    wall = time.perf_counter() - started
+    return sum(done) / wall, sum(real) / wall
+
+
+def merged_forward(work: Path, dtype: torch.dtype):
+    """One text through adapter a0 merged into the base: tokenize, forward, softmax."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bench.training import minilm_path
+
+    path = minilm_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    model = PeftModel.from_pretrained(base, str(work / "adapters" / "a0" / "v1")).merge_and_unload()
+    model = model.to(dtype).eval()
+
+    def run() -> None:
+        with torch.inference_mode():
+            enc = tok([SHORT], truncation=True, max_length=128, return_tensors="pt")
+            torch.softmax(model(**enc).logits.float(), -1).tolist()
+
+    return run
+
+
+def p50_ms(fn, n: int = 200) -> float:
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return pct(times, 50) * 1000
+
+
+def main() -> None:
+    from transformers import AutoTokenizer
+
+    from app.base_models.loading import cpu_has_fast_bf16, resolve_dtype
+    from bench.training import minilm_path
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=10.0, help="per throughput run")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="peftserve-bench-serve-"))
+    train_adapters(work, rt_rows("train", work / "rt"))
+    texts = [r["text"] for r in rt_rows("test", work / "rt")][:2000]
+    tok = AutoTokenizer.from_pretrained(minilm_path())
+    tokens = [len(ids) for ids in tok(texts, truncation=True, max_length=128)["input_ids"]]
+    auto = resolve_dtype("auto", "cpu", "none")
+    dtypes = [torch.float32, *([torch.bfloat16] if cpu_has_fast_bf16() else [])]
+    flops = encoder_flops_per_token() / 2  # forward only
+    rates = {d: gemm_rate(d, "cpu") for d in dtypes}
+    name = lambda d: str(d).removeprefix("torch.")  # noqa: E731
+    print(f"cpu: {_cpu_name()}; {len(texts)} texts, mean {sum(tokens) / len(tokens):.1f} tokens", flush=True)
+    print("GEMM ceiling: " + ", ".join(f"{name(d)} {r / 1e9:.0f} GFLOP/s" for d, r in rates.items()), flush=True)
+
+    rows = []
+    naive = {}
+    for d in dtypes:
+        naive[d] = naive_loop(work, texts, d, args.seconds)
+        print(f"  naive loop {name(d)}: {naive[d]:.1f} req/s", flush=True)
+    best = max(naive.values())
+    for d, rps in naive.items():
+        rows.append((f"naive loop (set_adapter + forward), {name(d)}", f"{rps:.1f}", f"{rps / best:.2f}x", "-"))
+    for d in dict.fromkeys([torch.float32, auto]):
+        engine = engine_for(work, d)
+        rps, tps = engine_concurrent(engine, texts, tokens, args.seconds)
+        engine.close()
+        share = tps * flops / rates[d]
+        print(f"  engine {name(d)}: {rps:.1f} texts/s, {share:.0%} of the GEMM ceiling", flush=True)
+        rows.append((f"engine, {CALLERS} callers, {name(d)}", f"{rps:.1f}", f"{rps / best:.2f}x", f"{share:.0%}"))
+    print()
+    print(table(rows, ("in process, 8 adapters", "texts/s", "vs best naive", "of GEMM ceiling")))
+
+    engine = engine_for(work, auto)
+    ours = p50_ms(lambda: engine.predict("a0", [SHORT]))
+    engine.close()
+    merged = p50_ms(merged_forward(work, auto))
+    print()
+    print(
+        f"one short text, p50 ({name(auto)}): engine {ours:.2f} ms, merged adapter {merged:.2f} ms,"
+        f" ratio {ours / merged:.2f} (goal <= 1.2)"
+    )
+
+
+if __name__ == "__main__":
+    main()
