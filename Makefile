@@ -40,6 +40,7 @@ lint: install
 
 # Benchmarks: side-by-side ratios measured in one run (minutes each; not part of `make test`).
 bench-inference: install
+	HF_HUB_OFFLINE=1 $(PY) -m bench.serve_speed
 	HF_HUB_OFFLINE=1 $(PY) -m bench.inference
 
 bench-training: install
