@@ -2,9 +2,10 @@
 
 peft drops out each adapted Linear's input with `nn.Dropout`. On CPU, torch draws one random number per
 element for it: on 2 cores a 512 x 384 input took 2.0-2.4 ms, about 25 times the rank-8 LoRA matmul it feeds.
-With LoRA on every Linear that was about a third of a MiniLM training step. `LoraInputDropout` draws the same
-Bernoulli keep-mask four elements to a 64-bit random word: each element keeps with probability 1 - p, p
-rounded to 1/65536, and the kept elements are scaled by 1 / (1 - p). It uses torch's seeded generator, so
+With LoRA on every Linear, MiniLM jobs trained 8-25% faster with this module in its place (runs alternating
+the two on one 2-core CPU; README, "Measured"). `LoraInputDropout` draws the same Bernoulli keep-mask four
+elements to a 64-bit random word: each element keeps with probability 1 - p, p rounded to 1/65536, and the
+kept elements are scaled by 1 / (1 - p). It uses torch's seeded generator, so
 training stays reproducible and resumes exactly. On CUDA, torch's dropout is already one fused kernel, so
 it is left in place there.
 """

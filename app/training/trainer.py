@@ -84,7 +84,7 @@ def _with_lora(base: LoadedBase, hp: Hyperparameters) -> torch.nn.Module:
         raise TrainingError(
             "invalid_hyperparameters", f"LoRA set-up failed for target_modules={hp.target_modules}: {e}"
         ) from e
-    use_cheap_dropout(model, base.device)  # torch's CPU dropout cost a third of a step (app/training/dropout.py)
+    use_cheap_dropout(model, base.device)  # torch's CPU dropout is slow (app/training/dropout.py)
     return model
 
 
