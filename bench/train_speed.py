@@ -12,8 +12,10 @@ dynamic padding (`DataCollatorWithPadding`), with and without Trainer's own leng
 - anchors: LoRA r=8 on query/value, dropout 0.1, lr 1e-3, batch 16, no validation, no checkpoints. Ours is
   `train_adapter` in process.
 Each runs in every dtype asked (default: fp32, plus bf16 where the CPU has bf16 instructions or on CUDA),
-both sides in that dtype (Trainer: `bf16=True`). `--before` adds ours with torch's own dropout on the LoRA
-inputs (what app/training/dropout.py replaced on CPU), for before/after figures from the same run.
+both sides in that dtype (Trainer: `bf16=True`). Where ours switches to eager attention (CPU, bf16), Trainer is
+also run with eager attention, so the kernel choice is not counted as ours. `--before` adds ours without the
+fast paths of app/training/trainer.py's `_fast_paths` but the cheap dropout (the code before them), for
+before/after figures from the same run.
 Printed per run: samples/s, ours against the faster Trainer variant, and the share of the GEMM ceiling (real
 tokens x 4 x the encoder's Linear weights / wall / the GEMM rate of the dtype used, measured in the same run).
 """
@@ -82,7 +84,7 @@ class _Rows(torch.utils.data.Dataset):
         return self.items[i]
 
 
-def trainer_run(train, val, labels, config: dict, epochs: int, dtype, device: str, grouped: bool):
+def trainer_run(train, val, labels, config: dict, epochs: int, dtype, device: str, grouped: bool, eager: bool):
     """LoRA with the HF Trainer and `DataCollatorWithPadding`; returns (seconds, real tokens trained)."""
     import numpy as np
     from peft import LoraConfig, TaskType, get_peft_model
@@ -98,7 +100,8 @@ def trainer_run(train, val, labels, config: dict, epochs: int, dtype, device: st
 
     set_seed(0)
     path = minilm_path()
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
+    attention = {"attn_implementation": "eager"} if eager else {}
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels), **attention)
     lora = LoraConfig(
         task_type=TaskType.SEQ_CLS,
         r=8,
@@ -243,17 +246,19 @@ def ours_job(work: Path, rows, config: dict, epochs: int, dtype, device: str):
 
 
 @contextlib.contextmanager
-def _torch_dropout(on: bool):
-    """While on, the trainer keeps peft's nn.Dropout (the code before app/training/dropout.py)."""
+def _before(on: bool):
+    """While on, the trainer takes only the first of its fast paths, the cheap dropout on LoRA's inputs: torch's
+    dropout in the base, peft's fp32 input casts and the model's own attention stay (the code before)."""
     import app.training.trainer as trainer
+    from app.training.dropout import cheap_dropout
 
-    swap = trainer.use_cheap_dropout
+    swap = trainer._fast_paths
     if on:
-        trainer.use_cheap_dropout = lambda model, device: 0
+        trainer._fast_paths = lambda base, model, hp: cheap_dropout(model, base.device, lora_only=True)
     try:
         yield
     finally:
-        trainer.use_cheap_dropout = swap
+        trainer._fast_paths = swap
 
 
 def _ts(value) -> float:
@@ -270,7 +275,14 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtypes", default=None, help="comma-separated: float32,bfloat16 (default: what runs fast)")
     ap.add_argument("--configs", default="defaults,anchors")
-    ap.add_argument("--before", action="store_true", help="also ours with torch's dropout (the code before)")
+    ap.add_argument("--before", action="store_true", help="also ours without the newest fast paths (the code before)")
+    ap.add_argument(
+        "--alternate",
+        type=int,
+        default=0,
+        metavar="N",
+        help="only ours before/after: N alternating in-process runs per dtype at the defaults, then medians",
+    )
     args = ap.parse_args()
     fast_bf16 = args.device == "cuda" or cpu_has_fast_bf16()
     names = args.dtypes.split(",") if args.dtypes else ["float32", *(["bfloat16"] if fast_bf16 else [])]
@@ -278,6 +290,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="peftserve-bench-speed-"))
     rows = sample(rows_of("rt_movie_snippets", "train", work / "rt"), args.rows)
     labels = sorted({r["label"] for r in rows})
+    if args.alternate:
+        return alternate(rows, labels, args.epochs, dtypes, args.device, args.alternate)
     fpt = encoder_flops_per_token()
     rates = {d: gemm_rate(d, args.device) for d in dtypes}
     cpu = _cpu_name()
@@ -291,13 +305,17 @@ def main() -> None:
         for dtype in dtypes:
             dname = str(dtype).removeprefix("torch.")
             results = {}
-            for grouped in (False, True):
+            eager = args.device == "cpu" and dtype == torch.bfloat16  # where ours trains with eager attention
+            for grouped, eager_too in ((False, False), (True, False), *([(True, True)] if eager else [])):
                 name = "Trainer + dynamic padding" + (" + group_by_length" if grouped else "")
-                results[name] = trainer_run(train, val, labels, config, args.epochs, dtype, args.device, grouped)
+                name += " + eager attention" if eager_too else ""
+                results[name] = trainer_run(
+                    train, val, labels, config, args.epochs, dtype, args.device, grouped, eager_too
+                )
                 print(f"  {config_name} {dname} {name}: {results[name][0]:.1f} s", flush=True)
             for before in (True, False) if args.before else (False,):
-                name = "ours" + (", torch's dropout (before)" if before else "")
-                with _torch_dropout(before):
+                name = "ours" + (" (before)" if before else "")
+                with _before(before):
                     if config["validation"]:
                         work_job = work / f"job-{config_name}-{dname}-{before}"
                         results[f"{name} (job: claim → saved)"] = ours_job(
@@ -326,6 +344,27 @@ def main() -> None:
     print(f"{args.rows} rt snippets, {args.epochs} epoch(s), {args.device} ({cpu})")
     header = ("config", "dtype", "run", "samples/s", "seconds", "vs faster Trainer", f"of {args.device} GEMM")
     print(table(out, header))
+
+
+def alternate(rows, labels, epochs: int, dtypes, device: str, n: int) -> None:
+    """Ours before and after the newest fast paths, alternating n times on one loaded base per dtype (the
+    defaults' every-Linear LoRA, no validation): on a noisy machine, medians of interleaved runs say more than
+    one run of each."""
+    import statistics
+
+    print(f"{len(rows)} rt snippets, {epochs} epoch(s), {device} ({_cpu_name()}), {n} alternating runs")
+    for dtype in dtypes:
+        seconds: dict[bool, list[float]] = {True: [], False: []}
+        for _ in range(n):
+            for before in (True, False):
+                with _before(before):
+                    seconds[before].append(ours_in_process(rows, labels, CONFIGS["defaults"], epochs, dtype, device)[0])
+        b, a = statistics.median(seconds[True]), statistics.median(seconds[False])
+        runs = {k: " ".join(f"{s:.1f}" for s in v) for k, v in seconds.items()}
+        print(
+            f"  {str(dtype).removeprefix('torch.')}: before {b:.1f} s ({runs[True]}), after {a:.1f} s ({runs[False]}):"
+            f" {b / a:.2f}x"
+        )
 
 
 def _cpu_name() -> str:

@@ -1,15 +1,15 @@
-"""The LoRA input dropout used on CPU (app/training/dropout.py): the same Bernoulli keep-mask as nn.Dropout,
-seeded by torch's generator, and swapped in for peft's dropouts on CPU only."""
+"""The dropout used for training on CPU (app/training/dropout.py): the same Bernoulli keep-mask as nn.Dropout,
+seeded by torch's generator, swapped in for a model's dropouts on CPU only and for the run only."""
 
 import pytest
 import torch
 
-from app.training.dropout import LoraInputDropout, use_cheap_dropout
+from app.training.dropout import CheapDropout, cheap_dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.3])
 def test_keeps_one_minus_p_of_the_elements_scaled(p):
-    drop = LoraInputDropout(p).train()
+    drop = CheapDropout(p).train()
     x = torch.ones(1000, 1001)  # an odd element count: the last random word is only partly used
     y = drop(x)
     kept = y != 0
@@ -20,7 +20,7 @@ def test_keeps_one_minus_p_of_the_elements_scaled(p):
 
 
 def test_is_seeded_passes_gradients_and_is_the_identity_in_eval():
-    drop = LoraInputDropout(0.1).train()
+    drop = CheapDropout(0.1).train()
     x = torch.randn(64, 384, requires_grad=True)
     torch.manual_seed(7)
     a = drop(x)
@@ -32,24 +32,40 @@ def test_is_seeded_passes_gradients_and_is_the_identity_in_eval():
     assert drop.eval()(x) is x
 
 
-def test_bf16_under_autocast_hands_the_matmul_its_dtype():
-    drop = LoraInputDropout(0.1).train()
+def test_a_lora_input_under_bf16_autocast_comes_out_in_the_matmuls_dtype():
+    drop = CheapDropout(0.1, autocast_input=True).train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert drop(torch.randn(8, 16)).dtype == torch.bfloat16
+        assert CheapDropout(0.1).train()(torch.randn(8, 16)).dtype == torch.float32  # hidden states keep theirs
     assert drop(torch.randn(8, 16)).dtype == torch.float32
 
 
-def test_swapped_for_peft_dropouts_on_cpu_only(tiny_models):
+def test_swapped_on_cpu_only_for_the_block_and_put_back_after(tiny_models):
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import AutoModelForSequenceClassification
 
     def model(dropout):
-        base = AutoModelForSequenceClassification.from_pretrained(tiny_models["tiny-bert"], num_labels=2)
+        path = tiny_models["tiny-bert"]  # built without dropout: given the usual 0.1 on hidden states here
+        base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2, hidden_dropout_prob=0.1)
         config = LoraConfig(task_type=TaskType.SEQ_CLS, r=4, lora_dropout=dropout, target_modules="all-linear")
-        return get_peft_model(base, config)
+        return get_peft_model(base, config).train()
 
-    assert use_cheap_dropout(model(0.1), "cuda") == 0
+    def dropouts(m):  # every dropout that drops something
+        kinds = torch.nn.Dropout | CheapDropout
+        return {name: type(d) for name, d in m.named_modules() if isinstance(d, kinds) and d.p > 0}
+
+    with cheap_dropout(model(0.1), "cuda") as swapped:
+        assert swapped == 0
     cpu = model(0.1)
-    swapped = use_cheap_dropout(cpu, "cpu")
-    assert swapped > 0 and not any(type(m) is torch.nn.Dropout and m.p == 0.1 for m in cpu.modules())
-    assert use_cheap_dropout(model(0.0), "cpu") == 0  # no dropout: peft's Identity stays
+    before = dropouts(cpu)
+    lora = [name for name in before if "lora_dropout" in name]
+    with cheap_dropout(cpu, "cpu") as swapped:
+        inside = dropouts(cpu)
+        assert swapped == len(before) > len(lora) > 0 and set(inside.values()) == {CheapDropout}
+        assert all(cpu.get_submodule(name).autocast_input == ("lora_dropout" in name) for name in inside)
+        assert all(cpu.get_submodule(name).training for name in inside)
+    assert dropouts(cpu) == before and set(before.values()) == {torch.nn.Dropout}
+    with cheap_dropout(cpu, "cpu", lora_only=True) as swapped:
+        assert swapped == len(lora)
+    with cheap_dropout(model(0.0), "cpu", lora_only=True) as swapped:
+        assert swapped == 0  # no LoRA dropout: peft's Identity stays

@@ -267,6 +267,39 @@ def test_bf16_training_on_a_bf16_base(tmp_path, tiny_models, base_model):
     assert {t.dtype for t in state.values()} == {torch.float32}
 
 
+@pytest.mark.parametrize(
+    ("dtype", "eager_up_to", "attention", "casts"),
+    [
+        ("bfloat16", 256, "eager", False),  # bf16 on CPU, short rows: eager attention, no fp32 input copies
+        ("bfloat16", 64, "sdpa", False),  # rows longer than eager pays for (tiny-bert takes 128): sdpa stays
+        ("float32", 256, "sdpa", True),  # fp32: nothing to cast, sdpa as fast as eager
+    ],
+)
+def test_fast_paths_hold_for_the_run_and_leave_the_base_as_it_was(
+    tmp_path, tiny_models, monkeypatch, dtype, eager_up_to, attention, casts
+):
+    import app.training.trainer as trainer
+    from app.training.loop import TrainingRun
+
+    monkeypatch.setattr(trainer, "EAGER_ATTENTION_MAX_TOKENS", eager_up_to)
+    seen = {}
+    run = TrainingRun.run
+
+    def spy(self, *args):
+        seen["attention"] = self.base.model.config._attn_implementation
+        seen["casts"] = {m.cast_input_dtype_enabled for m in self.model.modules() if hasattr(m, "lora_A")}
+        return run(self, *args)
+
+    monkeypatch.setattr(TrainingRun, "run", spy)
+    settings = make_settings(tmp_path, tiny_models, training_dtype=dtype)
+    svc = PeftServe(settings)
+    job = submit(svc, "f", toy_sentiment(48), epochs=1)
+    worker = run_all(settings)
+    assert svc.store.get_job(job.id).status == "succeeded"
+    assert seen == {"attention": attention, "casts": {casts}}
+    assert worker.base.model.config._attn_implementation == "sdpa"  # the shared base is as it was loaded
+
+
 def test_default_targets_every_linear_but_the_head(settings):
     import json
 

@@ -37,6 +37,12 @@ FLUSH_SECONDS = 0.5  # how often progress, metric points and the cancel check go
 RESUMABLE_STOPS = ("shutdown", "paused")
 
 
+def uses_autocast(base: LoadedBase) -> bool:
+    """Whether a run on `base` computes under bf16 autocast: a bf16 base, or a bitsandbytes base on CUDA (whose
+    compute dtype is bf16). The LoRA weights and the head stay fp32 either way (the optimizer's copy)."""
+    return base.model.dtype == torch.bfloat16 or (base.device == "cuda" and base.quantization != "none")
+
+
 class Reporter(Protocol):
     def progress(self, step: int, total_steps: int, epoch: float) -> str | None:
         """Record progress; return a reason ("cancelled", "lost", "shutdown", "paused") to stop, else None."""
@@ -109,7 +115,7 @@ class TrainingRun:
         self.last_eval: dict[str, Any] = {}  # the latest validation figures
         self.last_loss: float | None = None  # the latest logged training loss
         self.thresholds = [0.5] * len(labels)  # multi-label decisions (tuned at the end on request)
-        self.autocast = base.model.dtype == torch.bfloat16 or (base.device == "cuda" and base.quantization != "none")
+        self.autocast = uses_autocast(base)
         self.pad_id = base.tokenizer.pad_token_id or 0
         self.pending: list[dict] = []  # metric points not yet sent to the Reporter
         self.last_flush = 0.0
