@@ -1,6 +1,8 @@
 """Training speed against HF Trainer, both on the same configuration, side by side in one run.
 
     python -m bench.train_speed [--rows 1000] [--epochs 1] [--device cpu|cuda] [--dtypes float32,bfloat16]
+    python -m bench.train_speed --alternate 3    # ours before/after only, interleaved runs, medians
+    python -m bench.train_speed --profile        # ours only, under torch.profiler: where the time goes
 
 Two configurations, each trained on the same Rotten Tomatoes snippets by ours and by the HF Trainer with
 dynamic padding (`DataCollatorWithPadding`), with and without Trainer's own length-grouped sampling:
@@ -276,6 +278,7 @@ def main() -> None:
     ap.add_argument("--dtypes", default=None, help="comma-separated: float32,bfloat16 (default: what runs fast)")
     ap.add_argument("--configs", default="defaults,anchors")
     ap.add_argument("--before", action="store_true", help="also ours without the newest fast paths (the code before)")
+    ap.add_argument("--profile", action="store_true", help="only ours at the defaults under torch.profiler: top ops")
     ap.add_argument(
         "--alternate",
         type=int,
@@ -292,6 +295,8 @@ def main() -> None:
     labels = sorted({r["label"] for r in rows})
     if args.alternate:
         return alternate(rows, labels, args.epochs, dtypes, args.device, args.alternate)
+    if args.profile:
+        return profile(rows, labels, args.epochs, dtypes, args.device)
     fpt = encoder_flops_per_token()
     rates = {d: gemm_rate(d, args.device) for d in dtypes}
     cpu = _cpu_name()
@@ -365,6 +370,21 @@ def alternate(rows, labels, epochs: int, dtypes, device: str, n: int) -> None:
             f"  {str(dtype).removeprefix('torch.')}: before {b:.1f} s ({runs[True]}), after {a:.1f} s ({runs[False]}):"
             f" {b / a:.2f}x"
         )
+
+
+def profile(rows, labels, epochs: int, dtypes, device: str) -> None:
+    """Where a run's time goes: ours in process at the defaults' every-Linear LoRA (no validation) under
+    torch.profiler, the ops with the most time of their own, per dtype."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    print(f"{len(rows)} rt snippets, {epochs} epoch(s), {device} ({_cpu_name()})")
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if device == "cuda" else [])]
+    for dtype in dtypes:
+        with torch_profile(activities=activities) as prof:
+            seconds, _ = ours_in_process(rows, labels, CONFIGS["defaults"], epochs, dtype, device)
+        print(f"\n{str(dtype).removeprefix('torch.')}: {seconds:.1f} s")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
 
 
 def _cpu_name() -> str:
