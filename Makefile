@@ -45,6 +45,7 @@ bench-inference: install
 
 bench-training: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.train_speed --before
+	HF_HUB_OFFLINE=1 $(PY) -m bench.quality
 	HF_HUB_OFFLINE=1 $(PY) -m bench.training
 
 bench-fuzz: install

@@ -150,7 +150,14 @@ class _Quiet:
 
 
 def ours(train, val, test, labels, hp_overrides: dict, dtype: torch.dtype):
-    """The product's trainer (app.training.trainer) on a base loaded as the worker loads it."""
+    """The product's trainer (app.training.trainer) on a base loaded as the worker loads it: (seconds, the
+    run's metrics, its figures on `test`)."""
+    seconds, run_metrics, (on_test,) = ours_on(train, val, [test], labels, hp_overrides, dtype)
+    return seconds, run_metrics, on_test
+
+
+def ours_on(train, val, sets: list[list[dict]], labels, hp_overrides: dict, dtype: torch.dtype):
+    """`ours`, scored on each of `sets` by the serving engine (fp32)."""
     from app.base_models.loading import load_base
     from app.base_models.registry import ModelRegistry
     from app.config import Settings
@@ -169,11 +176,15 @@ def ours(train, val, test, labels, hp_overrides: dict, dtype: torch.dtype):
         t0 = time.perf_counter()
         result = train_adapter(base, train, val, labels, hp, staging, _Quiet())
         seconds = time.perf_counter() - t0
-        store.commit(staging, "x", {"base_model": "minilm", "labels": labels, "head": base.head_name})
-        engine = InferenceEngine(registry, store, "cpu", "none")  # evaluated in fp32
-        _, probs = engine.predict("x", [r["text"] for r in test])
-    pred = [labels[i] for i in probs.argmax(-1).tolist()]
-    return seconds, result.metrics, metrics(labels, [r["label"] for r in test], pred)
+        store.commit(staging, "x", {"base_model": "minilm", "labels": labels, "heads": base.heads})
+        engine = InferenceEngine(registry, store, "cpu", "none")
+        figures = []
+        for rows in sets:
+            _, probs = engine.predict("x", [r["text"] for r in rows])
+            pred = [labels[i] for i in probs.argmax(-1).tolist()]
+            figures.append(metrics(labels, [r["label"] for r in rows], pred))
+        engine.close()
+    return seconds, result.metrics, figures
 
 
 def tfidf(train, test, labels):
