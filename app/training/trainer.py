@@ -24,8 +24,8 @@ from app.training.loop import EpochSink, Reporter, TrainingRun, TrainResult, use
 
 # On CPU under bf16 autocast, torch's fused attention (sdpa) is slow backwards: on MiniLM in batches of 16 short
 # rows its backward took 24% of a step, 9x its forward. Eager attention (matmul, softmax, matmul) trained
-# 1.2-1.5x faster at 16-256 tokens a row and slower at 512 (2-core AMD EPYC with avx512_bf16). In fp32 the two
-# were level, and CUDA was not measured: both keep the model's own choice.
+# 1.2-1.5x faster at 16-256 tokens a row and slower at 512 (2-core AMD EPYC with avx512_bf16). In fp32 eager
+# was level up to 128 tokens and slower at 256, and CUDA was not measured: both keep the model's own choice.
 EAGER_ATTENTION_MAX_TOKENS = 256
 
 
