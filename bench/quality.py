@@ -92,8 +92,11 @@ def full_fine_tune(train, sets, labels, lr: float, epochs: int = 3) -> list[dict
         trainer.train()
         out = []
         for s in sets:
-            pred = trainer.predict(rows(s)).predictions.argmax(-1)
-            out.append(metrics(labels, [r["label"] for r in s], [labels[i] for i in pred]))
+            # With group_by_length, Trainer also length-groups (reorders) the rows it predicts: the true labels
+            # come back in the predictions' order as label_ids.
+            pred = trainer.predict(rows(s))
+            truth = [labels[i] for i in pred.label_ids]
+            out.append(metrics(labels, truth, [labels[i] for i in pred.predictions.argmax(-1)]))
     return out
 
 

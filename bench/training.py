@@ -133,8 +133,9 @@ def hf_trainer(train: list[dict], test: list[dict], labels: list[str], epochs: i
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
-        pred = trainer.predict(test_ds).predictions.argmax(-1)
-    return seconds, real_tokens, metrics(labels, [r["label"] for r in test], [labels[i] for i in pred]), model
+        pred = trainer.predict(test_ds)  # label_ids: the true labels in the predictions' order
+    truth, guessed = [labels[i] for i in pred.label_ids], [labels[i] for i in pred.predictions.argmax(-1)]
+    return seconds, real_tokens, metrics(labels, truth, guessed), model
 
 
 # ---- ours ------------------------------------------------------------------------------------------
