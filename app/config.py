@@ -126,6 +126,13 @@ class Settings(BaseSettings):
         description="how long a batch waits for requests already arriving (an idle engine never waits)",
     )
     preload_adapters: list[str] = Field(default_factory=list, description="adapters loaded at start-up (JSON list)")
+    merged_adapter_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="an adapter that serves alone 8 forwards in a row is merged into a copy of the weights it"
+        " targets (its lone forwards then cost what a merged model's do) when the copy takes at most this many"
+        " bytes; one adapter at a time, unquantized bases only; 0 turns it off",
+    )
 
     @field_validator("admin_api_keys", "api_keys", mode="before")
     @classmethod

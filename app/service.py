@@ -92,6 +92,7 @@ class PeftServe:
             batch_size=settings.predict_batch_size,
             max_loaded_bytes=settings.max_loaded_adapter_bytes,
             batch_wait_ms=settings.batch_wait_ms,
+            merged_adapter_bytes=settings.merged_adapter_bytes,
             dtype=resolve_dtype(settings.inference_dtype, self.resources.device, self.resources.quantization),
             on_batch=self.telemetry.batch_rows.observe,
         )

@@ -261,3 +261,41 @@ def test_a_caller_giving_up_does_not_stop_the_engine_and_close_is_prompt(trained
     assert time.monotonic() - t0 < 5 and engine._thread is None
     assert engine.predict("sent", ["after close"])[1].shape == (1, 2)  # a new batch thread starts
     assert engine.predict("sent", [])[1].shape == (0, 2)
+
+
+def test_a_lone_adapter_is_merged_after_a_streak_and_answers_the_same(trained):
+    from app.inference.engine import MERGE_AFTER
+
+    settings, svc = trained
+    engine = InferenceEngine(svc.registry, svc.adapters, "cpu", "none")
+    first = engine.predict("sent", TEXTS[:1])[1]
+    bank = engine.cache.bases["tiny-bert"].bank
+    for _ in range(MERGE_AFTER - 2):
+        engine.predict("sent", TEXTS[:1])
+    engine.predict("topic", TEXTS[:1])  # another adapter breaks the streak
+    for _ in range(MERGE_AFTER - 1):
+        engine.predict("sent", TEXTS[:1])
+    assert bank.merged is None and engine.stats["merges"] == 0
+    engine.predict("sent", TEXTS[:1])
+    sent = engine.cache.resident["sent@v1"].slot
+    assert bank.merged == sent and engine.stats["merges"] == 1
+    torch.testing.assert_close(engine.predict("sent", TEXTS[:1])[1], first, atol=1e-5, rtol=1e-5)
+    merged_all = engine.predict("sent", TEXTS)[1]
+    torch.testing.assert_close(merged_all, reference_probs(settings, "sent", TEXTS), atol=1e-5, rtol=1e-5)
+    futures = engine.submit_each(["sent", "topic"], TEXTS)  # a mixed batch: the slots; the merge stays
+    torch.testing.assert_close(futures[0][1].result(), merged_all, atol=1e-5, rtol=1e-5)
+    assert bank.merged == sent
+    engine.unload(["sent@v1"])
+    assert bank.merged is None  # its slot was freed: the merged copy with it
+    engine.close()
+
+
+def test_merging_off_never_merges(trained):
+    from app.inference.engine import MERGE_AFTER
+
+    settings, svc = trained
+    engine = InferenceEngine(svc.registry, svc.adapters, "cpu", "none", merged_adapter_bytes=0)
+    for _ in range(MERGE_AFTER + 2):
+        engine.predict("sent", TEXTS[:1])
+    assert engine.cache.bases["tiny-bert"].bank.merged is None and engine.stats["merges"] == 0
+    engine.close()

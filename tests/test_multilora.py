@@ -650,3 +650,115 @@ def test_multilora_linear_alone() -> None:
         torch.testing.assert_close(layer(x), base(x) + x @ a.T @ b.T, **TOL)
         router.rows = router.single = None
         assert torch.equal(layer(x), base(x))
+
+
+# ---------------------------------------------------------------- a lone adapter merged into a copy of the weights
+
+
+def test_a_merged_slot_gives_what_its_slot_gives_and_others_are_unchanged(setup) -> None:
+    base, model, bank, loras, slots = setup
+    x = randn(5, 6, seed=15)
+    with torch.no_grad():
+        assert bank.merge(slots[1], max_bytes=1 << 20)  # adapter 1 targets enc.0 only
+        assert bank.merged == slots[1]
+        assert model.enc[0].merged_weight is not None and model.out.merged_weight is None
+        assert model.out.merged_slot == slots[1]
+        for slot, lora in zip(slots, loras, strict=True):  # merged or not, every slot gives its own result
+            with bank.routed([slot] * 5):
+                torch.testing.assert_close(model(x), reference(base, x, lora), **TOL)
+        with bank.routed([1, 0, 1, 2, 1]):  # a mixed batch uses the slots, the merged one included
+            y = model(x)
+        for i, s in enumerate([1, 0, 1, 2, 1]):
+            torch.testing.assert_close(y[i], reference(base, x[i : i + 1], loras[s])[0], **TOL)
+        assert torch.equal(model(x), base(x))  # outside routed: the base
+        assert torch.equal(model.enc[0].base.weight, base.enc[0].weight)  # the base weight itself is untouched
+
+
+def test_the_merged_path_is_the_one_taken(setup) -> None:
+    """A forward of the merged slot reads the merged copy, not the slots (changing the copy shows)."""
+    base, model, bank, loras, slots = setup
+    x = randn(2, 6, seed=16)
+    with torch.no_grad():
+        assert bank.merge(slots[0], max_bytes=1 << 20)
+        model.enc[0].merged_weight.zero_()
+        with bank.routed([slots[0]] * 2):
+            y = model(x)
+        assert not torch.allclose(y, reference(base, x, loras[0]))
+        with bank.routed([slots[0], slots[1]]):  # not lone: the slots
+            torch.testing.assert_close(model(x)[0], reference(base, x[:1], loras[0])[0], **TOL)
+
+
+def test_merging_another_slot_replaces_and_removing_the_slot_unmerges(setup) -> None:
+    base, model, bank, loras, slots = setup
+    x = randn(3, 6, seed=17)
+    with torch.no_grad():
+        assert bank.merge(slots[0], max_bytes=1 << 20)
+        assert bank.merge(slots[2], max_bytes=1 << 20)
+        assert bank.merged == slots[2] and all(layer.merged_slot == slots[2] for layer in bank.layers.values())
+        with bank.routed([slots[0]] * 3):
+            torch.testing.assert_close(model(x), reference(base, x, loras[0]), **TOL)
+        bank.remove(slots[2])
+        assert bank.merged is None
+        assert all(layer.merged_slot is None and layer.merged_weight is None for layer in bank.layers.values())
+        new = lora_for({"enc.0": 1, "out": 2}, seed=90, shapes=CHAIN_SHAPES)
+        assert bank.add(new) == slots[2]
+        with bank.routed([slots[2]] * 3):  # the reused slot: the new adapter, nothing stale
+            torch.testing.assert_close(model(x), reference(base, x, new), **TOL)
+
+
+def test_merge_is_refused_over_the_byte_bound_or_on_a_free_slot(setup) -> None:
+    base, model, bank, loras, slots = setup
+    need = model.enc[0].base.weight.nbytes + model.out.base.weight.nbytes  # adapter 0 targets both
+    assert not bank.merge(slots[0], max_bytes=need - 1)
+    assert bank.merged is None and all(layer.merged_slot is None for layer in bank.layers.values())
+    assert bank.merge(slots[0], max_bytes=need)
+    with pytest.raises(ValueError, match="not in use"):
+        bank.merge(3, max_bytes=1 << 20)
+
+
+def test_a_layer_that_is_not_a_plain_linear_is_not_merged() -> None:
+    """A quantized base (bitsandbytes' Linear4bit is an nn.Linear subclass) has no weight to copy: a subclass,
+    or weights in another dtype than the slots, keeps the slot path."""
+
+    class Quantized(nn.Linear):
+        pass
+
+    torch.manual_seed(0)
+    model = Chain()
+    model.out = Quantized(5, 3)
+    bank = SlotBank(model, max_slots=2)
+    slot = bank.add(lora_for({"enc.0": 2, "out": 2}, seed=40, shapes=CHAIN_SHAPES))
+    assert not bank.merge(slot, max_bytes=1 << 20)
+    assert bank.merged is None
+    only_enc = bank.add(lora_for({"enc.0": 2}, seed=41, shapes=CHAIN_SHAPES))
+    assert bank.merge(only_enc, max_bytes=1 << 20)  # the layers it targets are plain
+
+    wide = SlotBank(Chain(), max_slots=1, dtype=torch.float64)
+    assert not wide.merge(wide.add(lora_for({"out": 2}, seed=42, shapes=CHAIN_SHAPES)), max_bytes=1 << 20)
+
+
+def test_conv1d_layers_merge(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    plain = Gpt2Like()
+    served = copy.deepcopy(plain)
+    peft_model, path = peft_adapter(tmp_path, plain, ["c_attn", "c_proj"], r=4, lora_alpha=8, fan_in_fan_out=True)
+    bank = SlotBank(served, max_slots=2)
+    slot = bank.add(parse_lora(*load_saved(path)))
+    assert bank.merge(slot, max_bytes=1 << 20)
+    x = randn(3, 5, 6, seed=4)
+    with torch.no_grad(), bank.routed([slot] * 3):
+        torch.testing.assert_close(served(x), peft_model(x), **TOL)
+
+
+def test_bf16_merged_matches_bf16_slots_closely() -> None:
+    """In bf16 the merged copy is rounded once (as merge_and_unload's): within bf16 noise of the slot path."""
+    torch.manual_seed(0)
+    model = Chain().to(torch.bfloat16)
+    bank = SlotBank(model, max_slots=2, dtype=torch.bfloat16)
+    slot = bank.add(lora_for({"enc.0": 2, "out": 2}, seed=50, shapes=CHAIN_SHAPES))
+    x = randn(8, 6, seed=18).to(torch.bfloat16)
+    with torch.no_grad(), bank.routed([slot] * 8):
+        slots_y = model(x).float()
+        assert bank.merge(slot, max_bytes=1 << 20)
+        merged_y = model(x).float()
+    torch.testing.assert_close(merged_y, slots_y, atol=0.05, rtol=0.02)

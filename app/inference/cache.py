@@ -39,6 +39,8 @@ class Resident:
 class ResidentBase:
     base: LoadedBase
     bank: SlotBank
+    lone: int | None = None  # the slot of the last forward if all its rows used one slot
+    streak: int = 0  # how many forwards in a row used `lone` alone (the engine merges it at MERGE_AFTER)
 
 
 class AdapterCache:

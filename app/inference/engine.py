@@ -5,7 +5,9 @@ whatever is queued (waiting up to `batch_wait_ms` only for callers already on th
 `batch_size` rows, loads any adapter that is not resident yet, and runs one forward pass for the whole batch
 even when its rows name different adapters: each row goes through its own adapter's LoRA weights
 (`multilora`), then through its own adapter's head, so adapters with different label sets share one batch.
-Adapters stay resident in an LRU bounded by count and bytes; deleting one unloads it.
+Adapters stay resident in an LRU bounded by count and bytes; deleting one unloads it. An adapter that serves
+alone MERGE_AFTER forwards in a row is merged into a copy of the weights it targets (`SlotBank.merge`), so a
+lone text costs what it costs on a merged model.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from app.stores.adapters import AdapterStore, AdapterVersion
 log = logging.getLogger(__name__)
 
 _STOP = object()  # put on the queue by close()
+MERGE_AFTER = 8  # lone forwards of one adapter in a row before it is merged
 
 
 @dataclass
@@ -56,14 +59,16 @@ class InferenceEngine:
         batch_wait_ms: float = 2.0,
         dtype: torch.dtype = torch.float32,
         bucket_overhead_tokens: int = 64,
+        merged_adapter_bytes: int = 1 << 30,
         on_batch: Callable[[int], None] | None = None,
     ):
         self.adapters = adapters
         self.batch_size, self.batch_wait = batch_size, batch_wait_ms / 1000
         self.device, self.bucket_overhead = device, bucket_overhead_tokens
+        self.merged_adapter_bytes = merged_adapter_bytes
         self.cache = AdapterCache(registry, adapters, device, quantization, dtype, max_loaded, max_loaded_bytes)
         self.stats = self.cache.stats  # batches, rows, loads, evictions, hits
-        self.stats.update(batches=0, rows=0)
+        self.stats.update(batches=0, rows=0, merges=0)
         self.on_batch = on_batch  # told each batch's row count (metrics)
         self._lock = threading.RLock()  # models and the LRU: held by the batch thread and by (un)load calls
         self._queue: queue.Queue[Any] = queue.Queue()  # _Request, or _STOP
@@ -264,6 +269,7 @@ class InferenceEngine:
         passes of least padded cost, pad each, route each row through its adapter's LoRA slot, then put each
         row through its adapter's own head (slot layers inside the model): each request's logits."""
         rows, row_slots = self._encode(slot.base, items)
+        self._merge_if_lone(slot, row_slots)
         order = sorted(range(len(rows)), key=lambda j: len(rows[j]["input_ids"]))
         lengths = [len(rows[j]["input_ids"]) for j in order]
         pad_id = slot.base.tokenizer.pad_token_id or 0
@@ -279,6 +285,18 @@ class InferenceEngine:
                 logits[idx] = out
             assert logits is not None
             return _probabilities(items, logits)
+
+    def _merge_if_lone(self, slot: ResidentBase, row_slots: list[int]) -> None:
+        """Count the forwards in a row whose rows all use one adapter; the MERGE_AFTER-th merges it (if it
+        fits `merged_adapter_bytes` and the base is unquantized). A mixed forward only resets the count: the
+        merged copy stays for that adapter's next lone forward."""
+        lone = row_slots[0] if len(set(row_slots)) == 1 else None
+        slot.streak = slot.streak + 1 if lone is not None and lone == slot.lone else 1
+        slot.lone = lone
+        if lone is None or slot.streak != MERGE_AFTER or slot.bank.merged == lone or not self.merged_adapter_bytes:
+            return
+        if slot.bank.merge(lone, self.merged_adapter_bytes):
+            self.stats["merges"] += 1
 
     @staticmethod
     def _encode(base: LoadedBase, items: list[tuple[_Request, Resident]]) -> tuple[list[Features], list[int]]:

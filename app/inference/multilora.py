@@ -5,6 +5,11 @@ resident adapters stacked in slots (A: [slots, r, in], B·scale: [slots, out, r]
 slot and adds `x @ A_rowᵀ @ B_rowᵀ` with two batched matmuls: the cost does not grow with the number of
 adapters in the batch (peft's `adapter_names` loops over the adapters inside every layer, so its cost grows
 with them). Loading an adapter is a copy into a free slot; unloading zeroes it.
+
+An adapter that serves alone a lot (one text at a time) can also be merged: each layer keeps a copy of its
+weight with that slot's LoRA added in, and a forward whose rows all use that slot is one plain GEMM per layer,
+as fast as `merge_and_unload()` (the slot layers' two small GEMMs per layer cost about a quarter of a short
+text's forward on CPU). Only for plain floating-point weights (a quantized base has no weight to copy).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from app.inference.heads import SlotHead, SlotLinear, slot_layer
 from app.inference.router import Router
@@ -47,8 +53,13 @@ class MultiLoRALinear(nn.Module):
         kw = {"device": base.weight.device, "dtype": dtype}
         self.register_buffer("A", torch.zeros(capacity, rank, self.in_features, **kw), persistent=False)
         self.register_buffer("B", torch.zeros(capacity, self.out_features, rank, **kw), persistent=False)
+        # SlotBank.merge: the slot merged into `merged_weight` (None where that slot adds nothing to this layer)
+        self.merged_slot: int | None = None
+        self.merged_weight: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged_slot is not None and self.router.single == self.merged_slot:
+            return self._merged(x)
         y = self.base(x)
         rows = self.router.rows
         if rows is None or self.A.shape[1] == 0 or y.dtype != self.A.dtype:
@@ -61,6 +72,36 @@ class MultiLoRALinear(nn.Module):
         y3 = y.view(x.shape[0], -1, self.out_features)
         y3.baddbmm_(*self._factors(x, rows))
         return y
+
+    def mergeable(self) -> bool:
+        """Whether the base weight is a plain floating-point Linear/Conv1D weight in the slots' dtype."""
+        from transformers.pytorch_utils import Conv1D
+
+        return type(self.base) in (nn.Linear, Conv1D) and self.base.weight.dtype == self.A.dtype
+
+    def merge(self, slot: int) -> None:
+        """Keep a copy of the base weight with `slot`'s LoRA added in (summed in fp32, stored in the weight's
+        dtype, in its layout: [out, in] for a Linear, [in, out] for a Conv1D)."""
+        self.unmerge()
+        if self.A[slot].any():
+            delta = self.B[slot].float() @ self.A[slot].float()  # [out, in]
+            if not isinstance(self.base, nn.Linear):
+                delta = delta.T
+            self.merged_weight = (self.base.weight.float() + delta).to(self.base.weight.dtype)
+        self.merged_slot = slot
+
+    def unmerge(self) -> None:
+        self.merged_slot, self.merged_weight = None, None
+
+    def _merged(self, x: torch.Tensor) -> torch.Tensor:
+        if self.merged_weight is None:  # the merged adapter does not target this layer
+            return self.base(x)
+        bias = self.base.bias
+        if isinstance(self.base, nn.Linear):
+            return F.linear(x, self.merged_weight, bias)
+        flat = x.reshape(-1, self.in_features)
+        y = torch.addmm(bias, flat, self.merged_weight) if bias is not None else flat @ self.merged_weight
+        return y.view(*x.shape[:-1], self.out_features)
 
     def _factors(self, x: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's x·Aᵀ [b, seq, r] and Bᵀ [b, r, out], gathered from its slot."""
@@ -145,6 +186,7 @@ class SlotBank:
         self.heads: dict[str, SlotHead] = {}  # path of each head module holding weights -> its slot layer
         self.capacity, self.rank = 0, 0
         self.free: list[int] = []
+        self.merged: int | None = None  # the slot merged into a copy of each layer's weight (merge)
         for name in heads:
             self._wrap_head(name)
         # the layer giving the logits: the head's last Linear (each adapter's scores are its first n_labels)
@@ -239,10 +281,33 @@ class SlotBank:
         finally:
             self.router.rows = self.router.single = None
 
+    def merge(self, slot: int, max_bytes: int) -> bool:
+        """Merge `slot` into a copy of the weight of each layer it targets (replacing the slot merged before):
+        forwards whose rows all use it then run as a merged model. False, and nothing merged, when one of
+        those layers is not mergeable (quantized) or the copies would take more than `max_bytes`."""
+        if not 0 <= slot < self.capacity or slot in self.free:
+            raise ValueError(f"slot {slot} is not in use")
+        targeted = [layer for layer in self.layers.values() if layer.A[slot].any()]
+        size = sum(layer.base.weight.nbytes for layer in targeted)
+        if size > max_bytes or not all(layer.mergeable() for layer in targeted):
+            return False
+        self.unmerge()
+        for layer in self.layers.values():
+            layer.merge(slot)
+        self.merged = slot
+        return True
+
+    def unmerge(self) -> None:
+        for layer in self.layers.values():
+            layer.unmerge()
+        self.merged = None
+
     def remove(self, slot: int) -> None:
         """Zero a slot and give it back; a slot that is not in use is refused (it would be handed out twice)."""
         if not 0 <= slot < self.capacity or slot in self.free:
             raise ValueError(f"slot {slot} is not in use")
+        if slot == self.merged:
+            self.unmerge()
         for layer in self.layers.values():
             layer.A[slot].zero_()
             layer.B[slot].zero_()
