@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from bench.common import table
-from bench.training import metrics, minilm_path, ours_on, rows_of, sample
+from bench.training import hf_trainer, metrics, ours_on, rows_of, sample
 
 TFIDF_C = (0.1, 1.0, 10.0, 100.0)
 FULL_LR = (2e-5, 5e-5, 1e-4)
@@ -45,59 +45,9 @@ def tfidf(train, sets, labels, c: float) -> list[dict]:
 
 
 def full_fine_tune(train, sets, labels, lr: float, epochs: int = 3) -> list[dict]:
-    """Every weight of minilm trained with the HF Trainer (dynamic padding, fp32); its figures on each of
-    `sets`."""
-    from transformers import (
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-        DataCollatorWithPadding,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
-
-    set_seed(0)
-    path = minilm_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels))
-    ids = {lab: i for i, lab in enumerate(labels)}
-
-    def rows(data: list[dict]) -> list[dict]:
-        enc = tok([r["text"] for r in data], truncation=True, max_length=128)
-        return [
-            {"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": ids[r["label"]]}
-            for i, r in enumerate(data)
-        ]
-
-    with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(
-            output_dir=tmp,
-            num_train_epochs=epochs,
-            per_device_train_batch_size=16,
-            per_device_eval_batch_size=64,
-            learning_rate=lr,
-            weight_decay=0.01,
-            warmup_steps=0.06,
-            lr_scheduler_type="linear",
-            save_strategy="no",
-            eval_strategy="no",
-            report_to="none",
-            disable_tqdm=True,
-            use_cpu=True,
-            seed=0,
-            train_sampling_strategy="group_by_length",
-        )
-        collator = DataCollatorWithPadding(tok)
-        trainer = Trainer(model=model, args=args, train_dataset=rows(train), data_collator=collator)
-        trainer.train()
-        out = []
-        for s in sets:
-            # With group_by_length, Trainer also length-groups (reorders) the rows it predicts: the true labels
-            # come back in the predictions' order as label_ids.
-            pred = trainer.predict(rows(s))
-            truth = [labels[i] for i in pred.label_ids]
-            out.append(metrics(labels, truth, [labels[i] for i in pred.predictions.argmax(-1)]))
-    return out
+    """Every weight of minilm trained with the HF Trainer (dynamic padding, length-grouped, fp32); its figures
+    on each of `sets`."""
+    return hf_trainer(train, sets, labels, epochs, pad_to_max=False, full=True, lr=lr, grouped=True)[2]
 
 
 def main() -> None:

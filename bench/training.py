@@ -1,13 +1,12 @@
 """Training benchmark: the classic recipe, Trainer + dynamic padding, and ours, side by side in one run.
 
-    make bench-training        (or: python -m bench.training [--n-train 2000] [--epochs 3])
+    make bench-training        (or: python -m bench.training [--speed-n 1000] [--epochs 3])
 
 Speed (1,000 Rotten Tomatoes snippets, minilm, LoRA r=8 on query/value, batch 16, same data and epochs, no
 validation during training): samples/s, ratios, the share of this machine's fp32 GEMM ceiling that the
 real (non-padding) tokens trained represent, and held-out accuracy / macro-F1 of each.
-Quality with default hyperparameters (the product path: 10% validation split, early stopping) on
-`rt_movie_snippets` and `sms_spam`, against TF-IDF + logistic regression and a full fine-tune of the base.
-Also: seconds from POST /jobs to the first training step with the base already loaded in a worker.
+Quality against TF-IDF and a full fine-tune, every method calibrated on a validation split, is
+`bench/quality.py`'s. Also: seconds from POST /jobs to the first training step with the base already loaded in a worker.
 """
 
 from __future__ import annotations
@@ -79,8 +78,19 @@ def minilm_path() -> str:
 
 
 # ---- the two reference recipes (HF Trainer) ------------------------------------------------------
-def hf_trainer(train: list[dict], test: list[dict], labels: list[str], epochs: int, pad_to_max: bool, full: bool):
-    """LoRA (or full fine-tune) with the HF Trainer, fp32: texts padded to 128 (classic) or per batch."""
+def hf_trainer(
+    train: list[dict],
+    sets: list[list[dict]],
+    labels: list[str],
+    epochs: int,
+    pad_to_max: bool,
+    full: bool,
+    lr: float | None = None,
+    grouped: bool = False,
+):
+    """LoRA r=8 on query/value (or a full fine-tune) with the HF Trainer, fp32: texts padded to 128 (classic)
+    or per batch, in Trainer's length-grouped order if `grouped`; lr 1e-3 (LoRA) or 5e-5 (full) unless given.
+    Returns the training seconds, the real tokens trained, the figures on each of `sets`, and the model."""
     import datasets
     from peft import LoraConfig, TaskType, get_peft_model
     from transformers import (
@@ -109,7 +119,7 @@ def hf_trainer(train: list[dict], test: list[dict], labels: list[str], epochs: i
             {**{k: enc[k] for k in enc.keys()}, "labels": [ids[r["label"]] for r in rows]}
         )
 
-    train_ds, test_ds = ds(train), ds(test)
+    train_ds = ds(train)
     real_tokens = sum(sum(m) for m in train_ds["attention_mask"]) * epochs
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(
@@ -117,7 +127,7 @@ def hf_trainer(train: list[dict], test: list[dict], labels: list[str], epochs: i
             num_train_epochs=epochs,
             per_device_train_batch_size=16,
             per_device_eval_batch_size=64,
-            learning_rate=5e-5 if full else 1e-3,
+            learning_rate=lr if lr is not None else 5e-5 if full else 1e-3,
             weight_decay=0.01,
             warmup_steps=0.06,
             lr_scheduler_type="linear",
@@ -128,14 +138,20 @@ def hf_trainer(train: list[dict], test: list[dict], labels: list[str], epochs: i
             disable_tqdm=True,
             use_cpu=True,
             seed=0,
+            **({"train_sampling_strategy": "group_by_length"} if grouped else {}),
         )
         trainer = Trainer(model=model, args=args, train_dataset=train_ds, data_collator=DataCollatorWithPadding(tok))
         t0 = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - t0
-        pred = trainer.predict(test_ds)  # label_ids: the true labels in the predictions' order
-    truth, guessed = [labels[i] for i in pred.label_ids], [labels[i] for i in pred.predictions.argmax(-1)]
-    return seconds, real_tokens, metrics(labels, truth, guessed), model
+        figures = []
+        for rows in sets:
+            # With group_by_length, Trainer also length-groups (reorders) the rows it predicts: the true labels
+            # come back in the predictions' order as label_ids.
+            pred = trainer.predict(ds(rows))
+            truth, guessed = [labels[i] for i in pred.label_ids], [labels[i] for i in pred.predictions.argmax(-1)]
+            figures.append(metrics(labels, truth, guessed))
+    return seconds, real_tokens, figures, model
 
 
 # ---- ours ------------------------------------------------------------------------------------------
@@ -188,18 +204,6 @@ def ours_on(train, val, sets: list[list[dict]], labels, hp_overrides: dict, dtyp
     return seconds, result.metrics, figures
 
 
-def tfidf(train, test, labels):
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
-    clf = make_pipeline(
-        TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True), LogisticRegression(C=10, max_iter=2000)
-    )
-    clf.fit([r["text"] for r in train], [r["label"] for r in train])
-    return metrics(labels, [r["label"] for r in test], list(clf.predict([r["text"] for r in test])))
-
-
 def first_step_seconds(work: Path) -> float:
     """POST /jobs (through the service) → the worker's first optimizer step, the base already loaded."""
     from app.config import Settings
@@ -233,7 +237,6 @@ def _ts(value: datetime) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-train", type=int, default=2000, help="training rows of the quality runs")
     ap.add_argument("--speed-n", type=int, default=1000, help="training rows of the speed runs")
     ap.add_argument("--n-test", type=int, default=1000)
     ap.add_argument("--epochs", type=int, default=3)
@@ -264,14 +267,14 @@ def main() -> None:
         runs.append(
             (
                 "classic: Trainer, padded to 128, fp32",
-                lambda: hf_trainer(rt_train, rt_test, labels, args.epochs, True, False),
+                lambda: hf_trainer(rt_train, [rt_test], labels, args.epochs, True, False),
             )
         )
     runs.append(
-        ("Trainer + dynamic padding, fp32", lambda: hf_trainer(rt_train, rt_test, labels, args.epochs, False, False))
+        ("Trainer + dynamic padding, fp32", lambda: hf_trainer(rt_train, [rt_test], labels, args.epochs, False, False))
     )
     for name, fn in runs:
-        seconds, real_tokens, m, _ = fn()
+        seconds, real_tokens, (m,), _ = fn()
         speed[name] = (len(rt_train) * args.epochs / seconds, real_tokens / seconds, m)
         print(f"  {name}: {speed[name][0]:.1f} samples/s, {m}", flush=True)
     for name, dtype in (("ours, fp32", torch.float32), (f"ours, {str(auto).removeprefix('torch.')} (auto)", auto)):
@@ -295,35 +298,6 @@ def main() -> None:
     print()
     print(table(rows, ("rt_movie_snippets, LoRA r=8", "samples/s", "vs Trainer+dyn", "of fp32 GEMM", "acc / macro-F1")))
 
-    # ---- quality with defaults --------------------------------------------------------------------
-    print()
-    qrows = []
-    for ds in ("rt_movie_snippets", "sms_spam"):
-        train = sample(rows_of(ds, "train", work / "rt"), args.n_train)
-        test = sample(rows_of(ds, "test", work / "rt"), args.n_test)
-        labs = sorted({r["label"] for r in train})
-        from app.training.data import split_validation
-
-        tr, val = split_validation(train, 0.1, 0)
-        base_acc = max(sum(r["label"] == lab for r in test) for lab in labs) / len(test)
-        qrows.append((ds, "majority class", f"{base_acc:.3f}", "-"))
-        m = tfidf(train, test, labs)
-        qrows.append((ds, "TF-IDF + logistic regression", f"{m['accuracy']:.3f}", f"{m['f1_macro']:.3f}"))
-        _, _, m, _ = hf_trainer(train, test, labs, 3, False, True)
-        qrows.append(
-            (ds, "full fine-tune (Trainer, lr 5e-5, 3 epochs)", f"{m['accuracy']:.3f}", f"{m['f1_macro']:.3f}")
-        )
-        for extra in ({}, {"class_weighting": "balanced"}) if ds == "sms_spam" else ({},):
-            _, tm, m = ours(tr, val, test, labs, extra, auto)
-            label = (
-                "ours, defaults"
-                + (" + class_weighting=balanced" if extra else "")
-                + f" (stopped at step {tm['steps']})"
-            )
-            qrows.append((ds, label, f"{m['accuracy']:.3f}", f"{m['f1_macro']:.3f}"))
-        print("\n".join("  " + " | ".join(r) for r in qrows[-5:]), flush=True)
-    print()
-    print(table(qrows, ("data", "method", "accuracy", "macro-F1")))
     print()
     print(f"POST /jobs -> first training step (base loaded): {first_step_seconds(work):.2f} s (goal <= 2 s)")
 
