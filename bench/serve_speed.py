@@ -29,40 +29,10 @@ import torch
 
 from app.inference.engine import MERGE_AFTER
 from bench.common import pct, rt_rows, table
-from bench.inference import N_ADAPTERS, SHORT, train_adapters
+from bench.inference import N_ADAPTERS, SHORT, naive_loop, train_adapters
 from bench.train_speed import _cpu_name, encoder_flops_per_token, gemm_rate
 
 CALLERS = 32
-
-
-def naive_loop(work: Path, texts: list[str], dtype: torch.dtype, seconds: float) -> float:
-    """Requests per second of the loop a user would write: set_adapter, tokenize, forward, one at a time."""
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from bench.training import minilm_path
-
-    path = minilm_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    model = PeftModel.from_pretrained(base, str(work / "adapters" / "a0" / "v1"), adapter_name="a0")
-    for i in range(1, N_ADAPTERS):
-        model.load_adapter(str(work / "adapters" / f"a{i}" / "v1"), adapter_name=f"a{i}")
-    model = model.to(dtype).eval()
-
-    def one(i: int) -> None:
-        model.set_adapter(f"a{i % N_ADAPTERS}")
-        with torch.inference_mode():
-            enc = tok([texts[i % len(texts)]], truncation=True, max_length=128, return_tensors="pt")
-            torch.softmax(model(**enc).logits.float(), -1).tolist()
-
-    for i in range(20):
-        one(i)
-    n, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds:
-        one(n)
-        n += 1
-    return n / (time.perf_counter() - started)
 
 
 def engine_for(work: Path, dtype: torch.dtype, **kwargs):

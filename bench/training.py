@@ -299,7 +299,12 @@ def main() -> None:
             )
         )
     print()
-    print(table(rows, ("rt_movie_snippets, LoRA r=8", "samples/s", "vs Trainer+dyn", "of its dtype's GEMM", "acc / macro-F1")))
+    print(
+        table(
+            rows,
+            ("rt_movie_snippets, LoRA r=8", "samples/s", "vs Trainer+dyn", "of its dtype's GEMM", "acc / macro-F1"),
+        )
+    )
 
     print()
     print(f"POST /jobs -> first training step (base loaded): {first_step_seconds(work):.2f} s (goal <= 2 s)")
