@@ -64,7 +64,7 @@ def test_job_lifecycle_metrics_predict_evaluate(client):
     job = r.json()
     assert r.status_code == 202 and job["status"] == "queued" and job["result"] is None
     assert job["progress"] == {"step": 0, "total_steps": 0, "epoch": 0.0, "fraction": 0.0}
-    assert job["hyperparameters"]["lora_r"] == 8 and job["hyperparameters"]["epochs"] == 15
+    assert job["hyperparameters"]["lora_r"] == 16 and job["hyperparameters"]["epochs"] == 15
     Worker(client.settings).run(burst=True)
     job = client.get(f"/jobs/{job['id']}").json()
     assert job["status"] == "succeeded" and job["result"]["adapter"] == "sent@v1"
