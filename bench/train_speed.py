@@ -6,7 +6,7 @@
 
 Two configurations, each trained on the same Rotten Tomatoes snippets by ours and by the HF Trainer with
 dynamic padding (`DataCollatorWithPadding`), with and without Trainer's own length-grouped sampling:
-- defaults, the product's: LoRA r=8, alpha 16, dropout 0.1 on every Linear (peft's all-linear), lr 5e-4,
+- defaults, the product's: LoRA r=16, alpha 32, dropout 0.1 on every Linear (peft's all-linear), lr 5e-4,
   batch 16, a 10% validation split evaluated at each epoch's end with the best epoch (macro-F1) kept, and a
   checkpoint each epoch. Ours is a job through the job store and a Worker, timed from the claim to the
   adapter saved (the base already loaded by a warm-up job). Trainer is timed from tokenizing to the adapter
@@ -40,8 +40,14 @@ from bench.training import minilm_path, rows_of, sample
 
 ANCHOR_TARGETS = ["query", "value"]
 CONFIGS = {
-    "defaults": {"target_modules": None, "learning_rate": 5e-4, "validation": 0.1},
-    "anchors": {"target_modules": ANCHOR_TARGETS, "learning_rate": 1e-3, "validation": 0.0},
+    "defaults": {"target_modules": None, "lora_r": 16, "lora_alpha": 32, "learning_rate": 5e-4, "validation": 0.1},
+    "anchors": {
+        "target_modules": ANCHOR_TARGETS,
+        "lora_r": 8,
+        "lora_alpha": 16,
+        "learning_rate": 1e-3,
+        "validation": 0.0,
+    },
 }
 
 
@@ -106,8 +112,8 @@ def trainer_run(train, val, labels, config: dict, epochs: int, dtype, device: st
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(labels), **attention)
     lora = LoraConfig(
         task_type=TaskType.SEQ_CLS,
-        r=8,
-        lora_alpha=16,
+        r=config["lora_r"],
+        lora_alpha=config["lora_alpha"],
         lora_dropout=0.1,
         target_modules=config["target_modules"] or "all-linear",
     )
@@ -195,6 +201,8 @@ def ours_in_process(train, labels, config: dict, epochs: int, dtype, device: str
     hp = Hyperparameters(
         epochs=epochs,
         learning_rate=config["learning_rate"],
+        lora_r=config["lora_r"],
+        lora_alpha=config["lora_alpha"],
         target_modules=config["target_modules"],
         early_stopping_patience=0,
     )
@@ -237,7 +245,7 @@ def ours_job(work: Path, rows, config: dict, epochs: int, dtype, device: str):
         return done
 
     run("warm", rows[:64], {"epochs": 1})  # loads the base
-    hp = {"epochs": epochs, "learning_rate": config["learning_rate"], "target_modules": config["target_modules"]}
+    hp = {"epochs": epochs, **{k: config[k] for k in ("learning_rate", "lora_r", "lora_alpha", "target_modules")}}
     done = run("timed", rows, hp)
     worker.stopping.set()
     thread.join(60)
