@@ -602,7 +602,8 @@ def test_multi_label_trains_serves_and_evaluates(client, tmp_path):
 
     from app.base_models.tiny import toy_multilabel
 
-    hp = {**HP, "epochs": 12, "tune_thresholds": True}
+    # The seeds below were measured at rank 8 (alpha 16), the default then; pinned so the figures still hold.
+    hp = {**HP, "epochs": 12, "tune_thresholds": True, "lora_r": 8, "lora_alpha": 16}
     body = {"adapter": "tags", "base_model": "tiny-bert", "train": {"records": toy_multilabel(240)},
             "validation": {"records": toy_multilabel(60, seed=4)}, "hyperparameters": hp}  # fmt: skip
     r = client.post("/jobs", json=body)
