@@ -3,7 +3,7 @@
     make bench-inference        (or: python -m bench.inference [--seconds 20])
 
 Trains 8 small adapters on Rotten Tomatoes snippets, then measures side by side in this one run:
-throughput of 32 concurrent HTTP clients over 8 adapters (httpx, keep-alive) against the loop a user would
+throughput of 32 concurrent HTTP clients over 8 adapters (asyncio keep-alive connections) against the loop a user would
 write in process (per request `set_adapter`, tokenize, forward; fp32 and bf16 where the CPU has it, the faster
 is the baseline) and against a naive HTTP server (the same loop behind FastAPI, fp32), 8 adapters vs 1,
 one-text latency over HTTP vs the merged adapter's in-process forward, cold adapter load, and RSS while 1,000

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from app.training.config import Hyperparameters
 from bench.common import table
 from bench.training import hf_trainer, metrics, ours_on, rows_of, sample
 
@@ -32,7 +33,8 @@ TFIDF_C = (0.1, 1.0, 10.0, 100.0)
 FULL_LR = (2e-5, 5e-5, 1e-4)
 OURS_LR = (2e-4, 5e-4, 1e-3)
 OURS_RANK = (8, 16)  # alpha = 2 x rank, as the defaults
-DEFAULT = "r=16 lr=0.0005"
+_HP = Hyperparameters()
+DEFAULT = f"r={_HP.lora_r} lr={_HP.learning_rate:g}"  # the grid's setting that is the product's defaults
 
 
 def tfidf(train, sets, labels, c: float) -> list[dict]:

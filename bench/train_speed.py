@@ -35,12 +35,20 @@ from pathlib import Path
 
 import torch
 
+from app.training.config import Hyperparameters
 from bench.common import table
 from bench.training import minilm_path, rows_of, sample
 
 ANCHOR_TARGETS = ["query", "value"]
+_HP = Hyperparameters()
 CONFIGS = {
-    "defaults": {"target_modules": None, "lora_r": 16, "lora_alpha": 32, "learning_rate": 5e-4, "validation": 0.1},
+    "defaults": {  # the product's: Hyperparameters' defaults, the service's default validation split
+        "target_modules": None,
+        "lora_r": _HP.lora_r,
+        "lora_alpha": _HP.lora_alpha,
+        "learning_rate": _HP.learning_rate,
+        "validation": 0.1,
+    },
     "anchors": {
         "target_modules": ANCHOR_TARGETS,
         "lora_r": 8,
