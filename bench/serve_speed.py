@@ -23,13 +23,14 @@ import argparse
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from app.inference.engine import MERGE_AFTER
 from bench.common import pct, rt_rows, table
-from bench.inference import N_ADAPTERS, SHORT, naive_loop, train_adapters
+from bench.inference import N_ADAPTERS, SHORT, naive_loop, raw_forward, train_adapters
 from bench.train_speed import _cpu_name, encoder_flops_per_token, gemm_rate
 
 CALLERS = 32
@@ -73,27 +74,6 @@ def engine_concurrent(engine, texts: list[str], tokens: list[int], seconds: floa
         t.join(60)
     wall = time.perf_counter() - started
     return sum(done) / wall, sum(real) / wall
-
-
-def merged_forward(work: Path, dtype: torch.dtype):
-    """One text through adapter a0 merged into the base: tokenize, forward, softmax."""
-    from peft import PeftModel
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from bench.training import minilm_path
-
-    path = minilm_path()
-    tok = AutoTokenizer.from_pretrained(path)
-    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    model = PeftModel.from_pretrained(base, str(work / "adapters" / "a0" / "v1")).merge_and_unload()
-    model = model.to(dtype).eval()
-
-    def run() -> None:
-        with torch.inference_mode():
-            enc = tok([SHORT], truncation=True, max_length=128, return_tensors="pt")
-            torch.softmax(model(**enc).logits.float(), -1).tolist()
-
-    return run
 
 
 def p50s_ms(fns: dict, n: int = 200) -> dict[str, float]:
@@ -155,7 +135,7 @@ def main() -> None:
         {
             "engine": lambda: merged_engine.predict("a0", [SHORT]),
             "slots": lambda: slots_engine.predict("a0", [SHORT]),
-            "merged": merged_forward(work, auto),
+            "merged": partial(raw_forward(work, auto), SHORT),
         }
     )
     assert merged_engine.stats["merges"] == 1, merged_engine.stats  # a0 served alone: merged during the warm-up
