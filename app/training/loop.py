@@ -123,16 +123,60 @@ class TrainingRun:
         self.stop_reason: str | None = None  # the stop taken (in a group: once every rank knows of it)
 
     def run(self, train_rows: list[dict], val_rows: list[dict], out_dir: Path) -> TrainResult:
+        """The whole run alone: begin, then each step of each epoch and each epoch's end, then finish."""
+        self.begin(train_rows, val_rows)
+        while not self.done:
+            idx = self.next_batch()
+            if idx is None:
+                self.end_epoch()
+                continue
+            loss, lr = self._step(idx)
+            self.after_step(idx, loss, lr)
+        return self.finish(out_dir)
+
+    # ---- the run in steps (app/training/fused.py drives several runs through these, one step each) ----------
+    def begin(self, train_rows: list[dict], val_rows: list[dict]) -> None:
+        """Set up data and optimizer, resume from a checkpoint where one fits, and start the epoch in progress."""
         self._setup_data(train_rows, val_rows)
         self._setup_optimizer()
-        state = self._resume()
+        self.state = self._resume()
         self.started = time.perf_counter()
-        self.reporter.progress(state.step, self.total, state.step / self.steps_per_epoch)
-        for epoch in range(state.epoch, self.hp.epochs):
-            self._train_epoch(state)
-            if self._end_epoch(state, epoch):
-                break
-        return self._finish(state, out_dir)
+        self.reporter.progress(self.state.step, self.total, self.state.step / self.steps_per_epoch)
+        self.done = self.state.epoch >= self.hp.epochs
+        if not self.done:
+            self._begin_epoch(self.state)
+
+    def next_batch(self) -> list[int] | None:
+        """The rows of the epoch's next step, or None when the epoch's batches are all done."""
+        state = self.state
+        return self.batches[state.batch] if state.batch < len(self.batches) else None
+
+    def after_step(self, idx: list[int], loss: torch.Tensor, lr: float) -> None:
+        """Count a finished step on the rows `idx`: progress, loss points, a periodic checkpoint; raises
+        JobInterrupted when a stop was asked for (after checkpointing, for a resumable one)."""
+        state = self.state
+        state.step, state.batch = state.step + 1, state.batch + 1
+        state.tokens += self.train.n_tokens(idx)
+        state.loss_sum, state.loss_n = state.loss_sum + loss, state.loss_n + 1
+        self._log_step(state, lr)
+        periodic = (
+            self.checkpoints and state.step % self.checkpoints.every_steps == 0 and state.batch < len(self.batches)
+        )
+        if self.stop_reason in RESUMABLE_STOPS or periodic:  # (an epoch's end checkpoints after evaluating)
+            self._checkpoint(state)
+        if self.stop_reason:
+            raise JobInterrupted(self.stop_reason)
+
+    def end_epoch(self) -> None:
+        """The epoch's end (evaluate, keep the best, early stop, checkpoint); `done` once the run is over."""
+        epoch = self.state.epoch
+        if self._end_epoch(self.state, epoch) or epoch + 1 >= self.hp.epochs:
+            self.done = True
+        else:
+            self._begin_epoch(self.state)
+
+    def finish(self, out_dir: Path) -> TrainResult:
+        return self._finish(self.state, out_dir)
 
     # ---- set up -------------------------------------------------------------------------------
     def _setup_data(self, train_rows: list[dict], val_rows: list[dict]) -> None:
@@ -231,23 +275,12 @@ class TrainingRun:
         )
 
     # ---- train an epoch -----------------------------------------------------------------------
-    def _train_epoch(self, state: RunState) -> None:
-        """The epoch's batches from `state.batch` on (the same order after a resume: the shuffle restarts from
-        the RNG state saved at the epoch's start)."""
+    def _begin_epoch(self, state: RunState) -> None:
+        """The epoch's batches (the same order after a resume: the shuffle restarts from the RNG state saved at
+        the epoch's start); a resumed run goes on from `state.batch`."""
         self.model.train()
         self.rng.bit_generator.state = state.epoch_rng
-        batches = length_grouped_batches(self.lengths, self.hp.batch_size, self.rng)
-        for b in range(state.batch, len(batches)):
-            loss, lr = self._step(batches[b])
-            state.step, state.batch = state.step + 1, b + 1
-            state.tokens += self.train.n_tokens(batches[b])
-            state.loss_sum, state.loss_n = state.loss_sum + loss, state.loss_n + 1
-            self._log_step(state, lr)
-            periodic = self.checkpoints and state.step % self.checkpoints.every_steps == 0 and b + 1 < len(batches)
-            if self.stop_reason in RESUMABLE_STOPS or periodic:  # (an epoch's end checkpoints after evaluating)
-                self._checkpoint(state)
-            if self.stop_reason:
-                raise JobInterrupted(self.stop_reason)
+        self.batches = length_grouped_batches(self.lengths, self.hp.batch_size, self.rng)
 
     def _step(self, idx: list[int]) -> tuple[torch.Tensor, float]:
         """One optimizer step on the rows `idx`; returns its loss (a tensor: no host sync) and learning rate.
@@ -258,11 +291,15 @@ class TrainingRun:
             rows = self.group.shard(idx)
             loss = self._backward(rows, share=len(rows) / len(idx))
             loss, self.stop_reason = self.group.reduce_step(self.params, loss, self.requested)
+        return loss.detach(), self.optimizer_step()
+
+    def optimizer_step(self) -> float:
+        """Apply the gradients: an AdamW step, the schedule's next step; returns the learning rate used."""
         self.opt.step()
         lr = self.sched.get_last_lr()[0]
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
-        return loss.detach(), lr
+        return lr
 
     def _backward(self, idx: list[int], share: float = 1.0) -> torch.Tensor:
         """Backward pass of the mean loss over `idx`, weighted by `share` (this rank's part of the batch)."""
