@@ -44,13 +44,13 @@ def train_adapter(
     keep_epoch: EpochSink | None = None,
     group: Group | None = None,
 ) -> TrainResult:
-    _seed(hp.seed)
+    seed_everything(hp.seed)
     new_head(base, labels, hp.seed, multi_label)
-    _prepare_base(base, gradient_checkpointing)
-    model = _with_lora(base, hp)
+    prepare_base(base, gradient_checkpointing)
+    model = with_lora(base, hp)
     try:
         if init_from is not None:
-            _load_parent(model, init_from)
+            load_parent(model, init_from)
         with _fast_paths(base, model, hp):
             run = TrainingRun(base, model, labels, hp, reporter, checkpoints, multi_label, keep_epoch, group)
             return run.run(train_rows, val_rows, out_dir)
@@ -59,7 +59,7 @@ def train_adapter(
         base.model = model.unload()
 
 
-def _prepare_base(base: LoadedBase, gradient_checkpointing: bool) -> None:
+def prepare_base(base: LoadedBase, gradient_checkpointing: bool) -> None:
     """A quantized base is made trainable once (peft's kbit preparation); gradient checkpointing on request."""
     from peft import prepare_model_for_kbit_training
 
@@ -71,7 +71,7 @@ def _prepare_base(base: LoadedBase, gradient_checkpointing: bool) -> None:
         base.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def _with_lora(base: LoadedBase, hp: Hyperparameters) -> torch.nn.Module:
+def with_lora(base: LoadedBase, hp: Hyperparameters) -> torch.nn.Module:
     """The base wrapped with this job's LoRA layers; the head trains with them (peft's modules_to_save)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -111,22 +111,22 @@ def _fast_paths(base: LoadedBase, model: torch.nn.Module, hp: Hyperparameters) -
             if hasattr(module, "cast_input_dtype_enabled"):  # peft's LoRA layers (taken off after the run)
                 module.cast_input_dtype_enabled = False
         if base.device == "cpu" and base.max_tokens(hp.max_length) <= EAGER_ATTENTION_MAX_TOKENS:
-            _set_attention(base.model, "eager")
+            set_attention(base.model, "eager")
     try:
         with cheap_dropout(model, base.device):
             yield
     finally:
-        _set_attention(base.model, attention)
+        set_attention(base.model, attention)
 
 
-def _set_attention(model: torch.nn.Module, implementation: str | None) -> None:
+def set_attention(model: torch.nn.Module, implementation: str | None) -> None:
     """Switch the attention kernel of a transformers model (those built on its attention interface)."""
     if implementation and getattr(model, "_can_set_attn_implementation", lambda: False)():
         if model.config._attn_implementation != implementation:
             model.set_attn_implementation(implementation)
 
 
-def _load_parent(model: torch.nn.Module, weights: Path) -> None:
+def load_parent(model: torch.nn.Module, weights: Path) -> None:
     """Start from a saved adapter's LoRA weights and head (`init_from`); every weight must find its place."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
@@ -142,7 +142,7 @@ def _load_parent(model: torch.nn.Module, weights: Path) -> None:
         )
 
 
-def _seed(seed: int) -> None:
+def seed_everything(seed: int) -> None:
     import random
 
     random.seed(seed)
