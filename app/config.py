@@ -90,6 +90,13 @@ class Settings(BaseSettings):
         600.0, gt=0, description="how long such a group waits on a rank before giving the job back"
     )
     poll_interval: float = Field(0.5, gt=0, le=60)
+    fused_jobs: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="jobs on one base that a worker trains together, a step of each per forward and backward "
+        "(app/training/fused.py); 1 trains one job at a time",
+    )
     heartbeat_interval: float = Field(5.0, gt=0)
     lease_seconds: float = Field(60.0, gt=0, description="a running job whose heartbeat is older is requeued")
     max_attempts: int = Field(3, ge=1, le=100, description="runs of a job before a lost worker fails it")

@@ -210,3 +210,40 @@ def test_a_checkpoint_resumes_in_the_other_kind_of_run(base, tmp_path, paused_in
     assert any(e.startswith("Resumed from the checkpoint at step") for e in second.events), second.events
     assert result.metrics["resumed_from_steps"] and result.metrics["accuracy"] >= 0.75
     assert (Path(tmp_path / "out") / "adapter_model.safetensors").exists()
+
+
+def test_a_worker_trains_queued_jobs_on_one_base_together(tmp_path, tiny_models):
+    from app.jobs.worker import Worker
+    from app.service import PeftServe
+    from tests.support import make_settings, submit
+
+    settings = make_settings(tmp_path, tiny_models, fused_jobs=3)
+    svc = PeftServe(settings)
+    jobs = [
+        submit(svc, "sent", toy_sentiment(200)),
+        submit(svc, "topic", toy_topic(200)),
+        submit(svc, "llama", toy_sentiment(64), base_model="tiny-llama", epochs=2),  # another base: its own turn
+        submit(svc, "sent2", toy_sentiment(200, seed=1)),
+        submit(svc, "bad", toy_sentiment(40), target_modules=["nowhere"]),  # fails at joining; the others go on
+    ]
+    assert Worker(settings).run(burst=True) == 5
+    done = {j.adapter: svc.store.get_job(j.id) for j in jobs}
+    assert done["bad"].status == "failed" and done["bad"].error_code == "invalid_hyperparameters"
+    for name in ("sent", "topic", "sent2", "llama"):
+        assert done[name].status == "succeeded", (name, done[name].error_message)
+        assert done[name].result_adapter == f"{name}@v1"
+    for name in ("sent", "topic", "sent2"):
+        assert done[name].result_metrics["accuracy"] >= 0.75, (name, done[name].result_metrics)
+        files = sorted(p.name for p in (settings.adapters_dir / name / "v1").iterdir())
+        assert files == ["adapter_config.json", "adapter_model.safetensors", "peftserve.json"]
+    together = {
+        name: next(e.message for e in svc.store.events(done[name].id) if e.message.startswith("Training "))
+        for name in ("sent", "topic", "sent2", "llama")
+    }
+    assert together["sent"].endswith("together with 0 other job(s) on this worker")
+    assert together["topic"].endswith("together with 1 other job(s) on this worker")  # joined between steps
+    assert together["sent2"].endswith("together with 2 other job(s) on this worker")
+    assert together["llama"].endswith("together with 0 other job(s) on this worker")
+    # each serves what it learned, through the engine (its own head and label set)
+    _, probs = svc.engine.predict("topic", ["a thrilling match and a great goal"])
+    assert probs.shape == (1, 3)

@@ -182,11 +182,14 @@ class JobStore(DatasetRows, AdapterRows):
             raise NotFound(f"no job {job_id!r}", field="job_id")
         return JobStatus(status)
 
-    def claim_next(self, worker_id: str) -> Job | None:
-        """Take the oldest queued job. On PostgreSQL the row is locked with FOR UPDATE SKIP LOCKED, so workers on
-        any number of hosts each take another; on every backend the UPDATE is a compare-and-set, so a lost race
-        just tries the next one."""
-        oldest = select(Job.id).where(Job.status == JobStatus.queued.value).order_by(Job.created_at, Job.id).limit(1)
+    def claim_next(self, worker_id: str, base_model: str | None = None) -> Job | None:
+        """Take the oldest queued job (on `base_model` only, when given). On PostgreSQL the row is locked with FOR
+        UPDATE SKIP LOCKED, so workers on any number of hosts each take another; on every backend the UPDATE is
+        a compare-and-set, so a lost race just tries the next one."""
+        queued = select(Job.id).where(Job.status == JobStatus.queued.value)
+        if base_model is not None:
+            queued = queued.where(Job.base_model == base_model)
+        oldest = queued.order_by(Job.created_at, Job.id).limit(1)
         for _ in range(20):
             with self.session() as s:
                 job_id = s.scalar(oldest.with_for_update(skip_locked=True))

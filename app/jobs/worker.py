@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from app.base_models.loading import LoadedBase, load_base, resolve_dtype
 from app.config import Settings
@@ -38,6 +38,10 @@ from app.training.checkpoint import Checkpoints
 from app.training.config import Hyperparameters
 from app.training.data import is_multilabel, label_names, split_validation
 from app.training.distributed import IDLE, STOP, Group, GroupBroken
+
+if TYPE_CHECKING:  # heavy imports (torch, peft), worker-only at run time
+    from app.training.fused import FusedTraining
+    from app.training.loop import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +79,18 @@ class _Inputs:
     parent: AdapterVersion | None  # the adapter version it continues (init_from)
     labels: list[str]
     multi_label: bool
+
+
+@dataclass
+class _Joined:
+    """A job training in this worker's fused group, and what ending it takes."""
+
+    job: Job
+    inputs: _Inputs
+    meta: dict
+    staging: Path
+    beat: Heartbeat
+    checkpoints: Checkpoints
 
 
 class Worker:
@@ -119,8 +135,11 @@ class Worker:
                 if job is None:
                     self.stopping.wait(self.settings.poll_interval)
                     continue
-                self.process(job)
-                done += 1
+                if self._fuses():
+                    done += self.process_together(job)
+                else:
+                    self.process(job)
+                    done += 1
             self._announce(STOP)
             self._leave_group()
         finally:
@@ -191,17 +210,21 @@ class Worker:
         except GroupBroken:  # a rank is gone: the job stays ours until the lease runs out, then it resumes
             log.error("job %s: the training group broke; stopping this worker", job.id)
             raise
-        except JobInterrupted as e:  # "cancelled", "paused", "lost" (requeued after a missed lease) or "shutdown"
-            return Outcome(e.reason)  # type: ignore[arg-type]
-        except TrainingError as e:
-            self.base = None  # a failed set-up may have left the shared base half-wrapped: reload it next time
-            return Outcome("failed", error=(e.code, e.message))
         except Exception as e:  # noqa: BLE001 - any failure ends the job with a readable error
-            log.error("job %s failed:\n%s", job.id, traceback.format_exc())
-            self.base = None
-            error = ("training_failed", f"{type(e).__name__}: {e}"[:2000])
-            # In a group the other ranks may be mid-step: the group ends once the failure is recorded.
-            return Outcome("failed", error=error, breaks_group=self.group is not None)
+            return self._outcome_of(job, e)
+
+    def _outcome_of(self, job: Job, e: Exception) -> Outcome:
+        """How an exception ends a job: interrupted ("cancelled", "paused", "lost": requeued after a missed lease,
+        "shutdown") or failed, with a readable error. Called inside the `except` that caught it."""
+        if isinstance(e, JobInterrupted):
+            return Outcome(e.reason)  # type: ignore[arg-type]
+        self.base = None  # a failed set-up may have left the shared base half-wrapped: reload it next time
+        if isinstance(e, TrainingError):
+            return Outcome("failed", error=(e.code, e.message))
+        log.error("job %s failed:\n%s", job.id, traceback.format_exc())
+        error = ("training_failed", f"{type(e).__name__}: {e}"[:2000])
+        # In a group the other ranks may be mid-step: the group ends once the failure is recorded.
+        return Outcome("failed", error=error, breaks_group=self.group is not None)
 
     def _train_and_commit(self, job: Job, reporter: JobReporter, checkpoints: Checkpoints) -> Outcome:
         from app.training.trainer import train_adapter  # heavy import, worker-only
@@ -213,9 +236,7 @@ class Worker:
         reporter.event(f"Training {len(train)} examples, validating on {len(val)}; labels {labels}")
         meta = _adapter_meta(job, hp, labels, base, parent, inputs.multi_label)
 
-        def keep_epoch(step: int, epoch: int, figures: dict, write: Callable[[Path], None]) -> None:
-            self.resources.epochs.save(job.id, step, write, {**meta, "epoch": epoch, "metrics": figures})
-
+        keep_epoch = self._epoch_sink(job, meta)
         staging = self.resources.adapters.staging_dir()
         try:
             result = train_adapter(
@@ -233,18 +254,126 @@ class Worker:
                 keep_epoch=keep_epoch,
                 group=self.group,
             )
-            if not self.store.owns(job.id, self.id):  # lease lost meanwhile: another worker has it
-                return Outcome("lost")
-            meta["metrics"] = result.metrics
-            if inputs.multi_label:
-                meta["thresholds"] = result.thresholds
-            adapter = self.resources.adapters.commit(staging, job.adapter, meta)
-            warnings = result_warnings([r["label"] for r in val], labels, result.metrics)
-            for warning in warnings:
-                self.store.add_event(job.id, f"Warning: {warning}", level="warning", data={"warning": warning})
-            return Outcome("succeeded", adapter=adapter, metrics=meta["metrics"], warnings=warnings)
+            return self._commit(job, inputs, meta, staging, result)
         finally:
             self.resources.adapters.discard(staging)  # gone already once committed
+
+    def _commit(self, job: Job, inputs: _Inputs, meta: dict, staging: Path, result: TrainResult) -> Outcome:
+        """A finished run's adapter (saved in `staging`) committed as the job's new version, with its metrics
+        and what to look at; "lost" instead when the lease was lost meanwhile (another worker has the job)."""
+        if not self.store.owns(job.id, self.id):
+            return Outcome("lost")
+        meta["metrics"] = result.metrics
+        if inputs.multi_label:
+            meta["thresholds"] = result.thresholds
+        adapter = self.resources.adapters.commit(staging, job.adapter, meta)
+        warnings = result_warnings([r["label"] for r in inputs.val], inputs.labels, result.metrics)
+        for warning in warnings:
+            self.store.add_event(job.id, f"Warning: {warning}", level="warning", data={"warning": warning})
+        return Outcome("succeeded", adapter=adapter, metrics=meta["metrics"], warnings=warnings)
+
+    def _epoch_sink(self, job: Job, meta: dict) -> Callable[[int, int, dict, Callable[[Path], None]], None]:
+        """Where each epoch's adapter goes (the epoch store, servable while the job runs)."""
+
+        def keep_epoch(step: int, epoch: int, figures: dict, write: Callable[[Path], None]) -> None:
+            self.resources.epochs.save(job.id, step, write, {**meta, "epoch": epoch, "metrics": figures})
+
+        return keep_epoch
+
+    # ---- several jobs together ----------------------------------------------------------------
+    def _fuses(self) -> bool:
+        """Whether this worker trains jobs together: asked for, not a training group, no gradient checkpointing."""
+        s = self.settings
+        return s.fused_jobs > 1 and self.group is None and not s.gradient_checkpointing
+
+    def process_together(self, first: Job) -> int:
+        """`first` and the queued jobs on its base that join it, up to `fused_jobs` at once, trained together
+        (app/training/fused.py): a step of each per forward and backward. Between steps a queued job on the same
+        base joins where there is room (checked every `poll_interval`); each job's outcome is recorded as soon
+        as it ends, and the others go on. Returns the jobs done."""
+
+        active: dict[str, _Joined] = {}
+        fused: FusedTraining | None = None
+        done, job, polled = 0, first, time.monotonic()
+        try:
+            while True:
+                if job is not None:
+                    joined = self._join(fused, job, active)
+                    fused = fused or joined
+                    done += 1
+                if not active or fused is None:
+                    return done
+                for job_id, result in fused.step().items():
+                    self._end_joined(active.pop(job_id), result)
+                job = None
+                room = len(active) < self.settings.fused_jobs and not self.stopping.is_set()
+                if room and active and time.monotonic() - polled >= self.settings.poll_interval:
+                    job, polled = self.store.claim_next(self.id, base_model=first.base_model), time.monotonic()
+        finally:
+            for joined in active.values():  # only on an unexpected error: their leases run out, they resume
+                joined.beat.__exit__(None, None, None)
+                self.resources.adapters.discard(joined.staging)
+            if fused is not None:
+                fused.close()
+
+    def _join(self, fused: FusedTraining | None, job: Job, active: dict[str, _Joined]) -> FusedTraining | None:
+        """Add a claimed job to the group (the group made on the first job's base when `fused` is None); a job
+        that cannot start ends at once, recorded. Returns the group."""
+        from app.training.fused import FusedTraining
+
+        checkpoints = Checkpoints(self.resources.checkpoints.child(job.id), self.settings.checkpoint_steps)
+        beat = Heartbeat(self.store, job.id, self.id, self.settings.heartbeat_interval).__enter__()
+        reporter = JobReporter(self.store, job.id, self.id, self.stopping, beat)
+        staging = None
+        try:
+            inputs = self._inputs(job)
+            reporter.batch_size = inputs.hp.batch_size
+            base = fused.base if fused is not None else self._base(job.base_model, reporter)
+            fused = fused or FusedTraining(base)
+            reporter.event(
+                f"Training {len(inputs.train)} examples, validating on {len(inputs.val)}; labels {inputs.labels};"
+                f" together with {len(active)} other job(s) on this worker"
+            )
+            meta = _adapter_meta(job, inputs.hp, inputs.labels, base, inputs.parent, inputs.multi_label)
+            staging = self.resources.adapters.staging_dir()
+            fused.join(
+                job.id,
+                inputs.train,
+                inputs.val,
+                inputs.labels,
+                inputs.hp,
+                staging,
+                reporter,
+                checkpoints=checkpoints,
+                init_from=inputs.parent.weights if inputs.parent else None,
+                multi_label=inputs.multi_label,
+                keep_epoch=self._epoch_sink(job, meta),
+            )
+            active[job.id] = _Joined(job, inputs, meta, staging, beat, checkpoints)
+        except Exception as e:  # noqa: BLE001 - this job ends; the group goes on
+            beat.__exit__(None, None, None)
+            if staging is not None:
+                self.resources.adapters.discard(staging)
+            self._recorded(job, self._outcome_of(job, e), checkpoints)
+        return fused
+
+    def _end_joined(self, joined: _Joined, result: TrainResult | BaseException) -> None:
+        """A job that left the group: its adapter committed (a TrainResult) or its stop or failure recorded."""
+        try:
+            if isinstance(result, BaseException):
+                raise result
+            outcome = self._commit(joined.job, joined.inputs, joined.meta, joined.staging, result)
+        except Exception as e:  # noqa: BLE001 - recorded as the job's outcome
+            outcome = self._outcome_of(joined.job, e)
+        finally:
+            joined.beat.__exit__(None, None, None)
+            self.resources.adapters.discard(joined.staging)
+        self._recorded(joined.job, outcome, joined.checkpoints)
+
+    def _recorded(self, job: Job, outcome: Outcome, checkpoints: Checkpoints) -> None:
+        self._record(job, outcome)
+        if outcome.ended:
+            checkpoints.clear()
 
     def _train_alongside(self, job: Job) -> None:
         """A follower's part in a job rank 0 trains: the same inputs and base, its share of each batch, nothing
