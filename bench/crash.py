@@ -7,8 +7,10 @@ running, the worker process is SIGKILLed after a random delay; the server restar
 the queue and the new worker resumes it from its last checkpoint. At the end: every job succeeded, each
 adapter exists exactly once, no run started over from step 0 once its job had a checkpoint (only kills
 before the first checkpoint may cost a restart), and each job's metric history reads as one run.
-tests/test_crash.py runs it with 2 jobs of 12 epochs (`--jobs 2 --seed 1 --epochs 12 --timeout 600`) and reads
-the summary this prints last (JSON). Exits 1 if any check above fails.
+With `--fused-jobs N` the worker trains up to N jobs together (FUSED_JOBS, app/training/fused.py): a kill then
+hits every job in the group, and each must resume from its own checkpoint. tests/test_crash.py runs it with 2
+jobs of 12 epochs (`--jobs 2 --seed 1 --epochs 12 --timeout 600`), one at a time and together, and reads the
+summary this prints last (JSON). Exits 1 if any check above fails.
 """
 
 from __future__ import annotations
@@ -52,7 +54,14 @@ def _owner(c: httpx.Client, job_id: str) -> int | None:
     return int(started[-1].rsplit(":", 1)[1]) if started else None
 
 
-def run(jobs: int = 10, seed: int = 0, workdir: Path | None = None, timeout: float = 1200, epochs: int = 30) -> dict:
+def run(
+    jobs: int = 10,
+    seed: int = 0,
+    workdir: Path | None = None,
+    timeout: float = 1200,
+    epochs: int = 30,
+    fused_jobs: int = 1,
+) -> dict:
     from app.base_models.tiny import build_bert, toy_sentiment
 
     rng = random.Random(seed)
@@ -69,6 +78,7 @@ def run(jobs: int = 10, seed: int = 0, workdir: Path | None = None, timeout: flo
         "PEFTSERVE_CHECKPOINT_STEPS": str(CHECKPOINT_STEPS),
         "PEFTSERVE_MAX_ATTEMPTS": "100",  # this run kills on purpose; the limit has its own unit test
         "PEFTSERVE_TRAINING_DTYPE": "float32",
+        "PEFTSERVE_FUSED_JOBS": str(fused_jobs),  # > 1: the worker trains that many jobs together; a kill hits all
     }
     server = bench_server(env, work / "server.log", args=["--log-level", "warning"])
     kills: list[dict] = []
@@ -101,7 +111,7 @@ def run(jobs: int = 10, seed: int = 0, workdir: Path | None = None, timeout: flo
                     time.sleep(0.1)  # nothing running, or still marked running by a worker already dead
                     continue
                 job = running[0]
-                if sum(k["job"] == job["id"] for k in kills) >= KILLS_PER_JOB:
+                if sum(k["job"] == job["id"] and k["planned"] for k in kills) >= KILLS_PER_JOB:
                     time.sleep(0.2)
                     continue
                 if job["id"] not in plan:
@@ -119,12 +129,15 @@ def run(jobs: int = 10, seed: int = 0, workdir: Path | None = None, timeout: flo
                 job = c.get(f"/jobs/{job['id']}").json()
                 if job["status"] != "running" or _owner(c, job["id"]) != pid or not _alive(pid):
                     continue
+                together = [s for s in running[1:] if _owner(c, s["id"]) == pid]  # trained in the same worker
                 subprocess.run(["kill", f"-{signal.SIGKILL.value}", str(pid)], check=False)
                 del plan[job["id"]]
-                kill = {"job": job["id"], "step": job["progress"]["step"], "at": time.monotonic() - started}
-                # A kill can land just as its job ends (saved and recorded): then nothing was lost.
-                kill["after_end"] = c.get(f"/jobs/{job['id']}").json()["status"] != "running"
-                kills.append(kill)
+                for hit in [job, *(c.get(f"/jobs/{s['id']}").json() for s in together)]:
+                    kill = {"job": hit["id"], "step": hit["progress"]["step"], "at": time.monotonic() - started}
+                    # A kill can land just as its job ends (saved and recorded): then nothing was lost.
+                    kill["after_end"] = c.get(f"/jobs/{hit['id']}").json()["status"] != "running"
+                    kill["planned"] = hit is job
+                    kills.append(kill)
             else:
                 raise TimeoutError("jobs did not finish")
             final = {j: c.get(f"/jobs/{j}").json() for j in ids}
@@ -160,7 +173,8 @@ def run(jobs: int = 10, seed: int = 0, workdir: Path | None = None, timeout: flo
     saved = sum(s for j in ids for s in (final[j].get("result") or {}).get("metrics", {}).get("resumed_from_steps", []))
     summary = {
         "jobs": jobs,
-        "kills": len(kills),
+        "kills": sum(k["planned"] for k in kills),
+        "jobs_hit": len(kills),  # with fused jobs one kill hits every job its worker trains
         "kills_past_a_checkpoint": sum(k["step"] >= CHECKPOINT_STEPS for k in kills),
         "kills_as_the_job_ended": sum(k["after_end"] for k in kills),
         "jobs_lost": sum(sum("Worker lost" in e["message"] for e in events[j]) for j in ids),
@@ -186,8 +200,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30, help="epochs a job (72 steps each)")
     ap.add_argument("--timeout", type=float, default=1200, help="seconds for all jobs to finish")
     ap.add_argument("--workdir", type=Path, default=None, help="kept afterwards (default: a temporary folder)")
+    ap.add_argument("--fused-jobs", type=int, default=1, help="jobs the worker trains together (FUSED_JOBS)")
     args = ap.parse_args()
-    summary = run(args.jobs, args.seed, workdir=args.workdir, timeout=args.timeout, epochs=args.epochs)
+    summary = run(args.jobs, args.seed, args.workdir, args.timeout, args.epochs, args.fused_jobs)
     sys.exit(1 if summary["problems"] else 0)
 
 

@@ -15,9 +15,10 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_jobs_survive_kill_9_of_their_worker(tmp_path):
+@pytest.mark.parametrize("fused_jobs", [1, 2], ids=["one-at-a-time", "trained-together"])
+def test_jobs_survive_kill_9_of_their_worker(tmp_path, fused_jobs):
     cmd = [sys.executable, "-m", "bench.crash", "--jobs", "2", "--seed", "1", "--epochs", "12", "--timeout", "600"]
-    cmd += ["--workdir", str(tmp_path)]
+    cmd += ["--workdir", str(tmp_path), "--fused-jobs", str(fused_jobs)]
     # its own process group: if this test is interrupted, the bench, its server and the workers all go with it
     proc = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
