@@ -47,6 +47,7 @@ bench-training: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.train_speed --before
 	HF_HUB_OFFLINE=1 $(PY) -m bench.quality
 	HF_HUB_OFFLINE=1 $(PY) -m bench.training
+	HF_HUB_OFFLINE=1 $(PY) -m bench.fused
 
 bench-fuzz: install
 	HF_HUB_OFFLINE=1 $(PY) -m bench.fuzz --cases 1000

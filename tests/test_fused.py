@@ -138,6 +138,10 @@ def test_jobs_train_together_and_save_what_peft_saves(base, tmp_path):
     # what the fused job saved is what a job alone saves: the same files, weight names and shapes, config
     alone = train_adapter(base, **sent, out_dir=tmp_path / "alone", reporter=Recorder())
     assert abs(alone.metrics["accuracy"] - ended["s"].metrics["accuracy"]) <= 0.15
+    # without dropout (the tiny model has none of its own) a job trained together is the job trained alone
+    topic_alone = train_adapter(base, **topic, out_dir=tmp_path / "topic-alone", reporter=Recorder())
+    assert ended["t"].metrics["train_loss"] == pytest.approx(topic_alone.metrics["train_loss"], abs=1e-5)
+    assert ended["t"].metrics["accuracy"] == topic_alone.metrics["accuracy"]
     weights = ["adapter_config.json", "adapter_model.safetensors"]  # (peft also writes a README model card)
     assert sorted(p.name for p in (tmp_path / "s").iterdir()) == weights
     fused_w, alone_w = (
@@ -247,3 +251,17 @@ def test_a_worker_trains_queued_jobs_on_one_base_together(tmp_path, tiny_models)
     # each serves what it learned, through the engine (its own head and label set)
     _, probs = svc.engine.predict("topic", ["a thrilling match and a great goal"])
     assert probs.shape == (1, 3)
+
+
+def test_a_step_pads_jobs_of_alike_lengths_together_and_long_ones_apart(base):
+    from types import SimpleNamespace
+
+    fused = FusedTraining(base)
+    widths = {"short1": 12, "long": 120, "short2": 14, "mid": 16}
+    for key, width in widths.items():  # each job's batch: 16 rows, the longest `width` tokens
+        features = [{"input_ids": [1] * width}] * 16
+        fused.members[key] = SimpleNamespace(run=SimpleNamespace(train=SimpleNamespace(features=features)))
+    groups = fused._groups({key: list(range(16)) for key in widths})
+    fused.members.clear()
+    fused.close()
+    assert groups == [["short1", "short2", "mid"], ["long"]]

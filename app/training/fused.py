@@ -45,6 +45,11 @@ from app.training.trainer import (
 
 log = logging.getLogger(__name__)
 
+# What one more forward/backward pass costs, in padded tokens: a step's jobs share a pass unless padding them
+# to one length costs more than this (the serving engine's figure for a forward, `bucket_overhead_tokens`; not
+# measured apart for training).
+STEP_OVERHEAD_TOKENS = 64
+
 
 @dataclass
 class Spans:
@@ -332,7 +337,9 @@ class FusedTraining:
         if not batches:
             return ended
         try:
-            losses = self._forward_backward(batches)
+            losses: dict[str, torch.Tensor] = {}
+            for group in self._groups(batches):
+                losses.update(self._forward_backward({key: batches[key] for key in group}))
         except Exception as e:  # noqa: BLE001 - a failed shared step ends every job in it
             log.exception("fused step failed")
             for key in batches:
@@ -357,6 +364,29 @@ class FusedTraining:
                 return idx
             run.end_epoch()
         return None
+
+    def _groups(self, batches: dict[str, list[int]]) -> list[list[str]]:
+        """The step's jobs cut into forward passes of least padded cost: jobs sorted by their batch's longest row,
+        then cut where padding every row to the group's longest would cost more than another pass
+        (STEP_OVERHEAD_TOKENS). Jobs whose rows are alike in length share one forward; a job of long rows does
+        not pad a job of short ones to its length."""
+        width = {
+            key: max(len(self.members[key].run.train.features[i]["input_ids"]) for i in idx)
+            for key, idx in batches.items()
+        }
+        keys = sorted(batches, key=lambda k: width[k])
+        best, cut = [0.0] + [float("inf")] * len(keys), [0] * (len(keys) + 1)
+        for end in range(1, len(keys) + 1):
+            for start in range(end):
+                rows = sum(len(batches[k]) for k in keys[start:end])
+                cost = best[start] + rows * width[keys[end - 1]] + STEP_OVERHEAD_TOKENS
+                if cost < best[end]:
+                    best[end], cut[end] = cost, start
+        groups, end = [], len(keys)
+        while end > 0:
+            groups.append(keys[cut[end] : end])
+            end = cut[end]
+        return groups[::-1]
 
     def _forward_backward(self, batches: dict[str, list[int]]) -> dict[str, torch.Tensor]:
         """Every job's rows in one padded batch (each job's rows consecutive), one forward, each job's own loss
