@@ -13,7 +13,7 @@ import torch
 
 from app.base_models.loading import LoadedBase, load_base, new_head
 from app.base_models.registry import ResolvedModel
-from app.base_models.tiny import toy_sentiment, toy_topic
+from app.base_models.tiny import toy_multilabel, toy_sentiment, toy_topic
 from app.errors import JobInterrupted
 from app.stores.blobs import Blobs
 from app.training.batches import collate, encode
@@ -54,7 +54,8 @@ def base(tiny_models) -> LoadedBase:
 
 
 def frozen(base: LoadedBase) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in base.model.state_dict().items() if "classifier" not in k}
+    """The base's weights outside its head."""
+    return {k: v.clone() for k, v in base.model.state_dict().items() if not k.startswith(tuple(base.heads))}
 
 
 def job(rows: list[dict], **hp) -> dict:
@@ -93,10 +94,13 @@ def alone_logits(base: LoadedBase, spec: dict, batch: dict) -> torch.Tensor:
     return out
 
 
-def test_each_job_starts_as_alone_and_rows_go_through_their_own_job(base, tmp_path):
-    # every Linear at rank 16 beside query/value at rank 4: rows of the second job skip the layers it leaves alone
+@pytest.mark.parametrize("model", ["tiny-bert", "tiny-llama"])
+def test_each_job_starts_as_alone_and_rows_go_through_their_own_job(tiny_models, tmp_path, model):
+    base = load_base(ResolvedModel(model, str(tiny_models[model])), "none", "cpu")
+    attention = ["query", "value"] if model == "tiny-bert" else ["q_proj", "v_proj"]
+    # every Linear at rank 16 beside attention at rank 4: rows of the second job skip the layers it leaves alone
     sent = job(toy_sentiment(40), seed=1, target_modules=None)
-    topic = job(toy_topic(40), seed=2, lora_r=4, lora_alpha=8)
+    topic = job(toy_topic(40), seed=2, lora_r=4, lora_alpha=8, target_modules=attention)
     rows = sent["train_rows"][:3] + topic["train_rows"][:4]
     batch = batch_of(base, rows, sorted({r["label"] for r in rows}))
     want_sent = alone_logits(base, sent, batch)
@@ -265,3 +269,27 @@ def test_a_step_pads_jobs_of_alike_lengths_together_and_long_ones_apart(base):
     fused.members.clear()
     fused.close()
     assert groups == [["short1", "short2", "mid"], ["long"]]
+
+
+def test_a_quantized_base_trains_a_multi_label_job_beside_a_single_label_one(tmp_path, tiny_models):
+    import bitsandbytes as bnb
+
+    from app.jobs.worker import Worker
+    from app.schemas import PredictRequest
+    from app.service import PeftServe
+    from tests.support import make_settings, submit
+
+    settings = make_settings(tmp_path, tiny_models, quantization="nf4", fused_jobs=2)
+    svc = PeftServe(settings)
+    jobs = [submit(svc, "sent", toy_sentiment(96), epochs=4), submit(svc, "tags", toy_multilabel(96), epochs=4)]
+    worker = Worker(settings)
+    assert worker.run(burst=True) == 2
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in worker.base.model.modules())
+    for j in jobs:
+        done = svc.store.get_job(j.id)
+        assert done.status == "succeeded", done.error_message
+        assert any(e.message.endswith("other job(s) on this worker") for e in svc.store.events(j.id))
+    meta = svc.adapters.resolve("tags").meta
+    assert meta["multi_label"] and len(meta["thresholds"]) == 3 and "f1_micro" in meta["metrics"]
+    out = svc.predict(PredictRequest(adapter="tags", inputs=["a great goal in the match"]))
+    assert set(out.predictions[0].scores) == {"negative", "positive", "sport"}
