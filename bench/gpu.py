@@ -6,7 +6,9 @@ tiny models' word vocabulary) and runs, printing each figure as it goes:
 2. the product path: a job through the job store and a Worker (nf4 QLoRA, every Linear, validation, checkpoints),
    its result and peak GPU memory; then predictions through the serving engine on the nf4 base;
 3. a training group: the same job again on a worker launched by torchrun with 2 ranks (gloo, both ranks on the
-   one GPU when the machine has one), compared with the single process's adapter.
+   one GPU when the machine has one), compared with the single process's adapter;
+4. several jobs on one worker: 4 jobs submitted at once, one after another (FUSED_JOBS=1) against trained
+   together (FUSED_JOBS=4, app/training/fused.py): the wall times, their ratio and each job's accuracy.
 Texts are toy sentiment rows padded with neutral words to ~100 words, so each step has real work to do.
 """
 
@@ -200,6 +202,26 @@ def training_group(root: Path, model: Path, rows: list[dict], hp: dict) -> None:
     svc.close()
 
 
+def fused_jobs(root: Path, model: Path, hp: dict, jobs: int = 4, rows: int = 256) -> None:
+    from app.jobs.worker import Worker
+    from app.service import PeftServe
+
+    walls = {}
+    for fused in (1, jobs):
+        settings = settings_for(root / f"fused-{fused}", model, fused_jobs=fused)
+        svc = PeftServe(settings)
+        ids = [submit(svc, f"job{i}", long_sentiment(rows, seed=10 + i), hp).id for i in range(jobs)]
+        started = time.perf_counter()
+        Worker(settings).run(burst=True)
+        walls[fused] = time.perf_counter() - started
+        done = [svc.store.get_job(i) for i in ids]
+        say(f"fused_{fused}_wall_seconds", round(walls[fused], 2))
+        say(f"fused_{fused}_status", [d.status for d in done])
+        say(f"fused_{fused}_accuracy", [(d.result_metrics or {}).get("accuracy") for d in done])
+        svc.close()
+    say("fused_together_vs_one_after_another", round(walls[jobs] / walls[1], 3))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path("gpu-check"))
@@ -220,6 +242,7 @@ def main() -> None:
         *([lambda: footprint(model)] if CUDA else []),
         lambda: product_path(root, model, rows, hp),
         lambda: training_group(root, model, rows, hp),
+        lambda: fused_jobs(root, model, hp, rows=min(256, args.rows)),
     ):
         try:
             stage()
