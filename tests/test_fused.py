@@ -20,6 +20,7 @@ from app.training.batches import collate, encode
 from app.training.checkpoint import Checkpoints
 from app.training.config import Hyperparameters
 from app.training.data import split_validation
+from app.training.dropout import CheapDropout
 from app.training.fused import FusedTraining
 from app.training.loop import TrainResult
 from app.training.trainer import seed_everything, train_adapter, with_lora
@@ -109,6 +110,8 @@ def test_each_job_starts_as_alone_and_rows_go_through_their_own_job(tiny_models,
     with FusedTraining(base) as fused:
         fused.join("s", **sent, out_dir=tmp_path / "s", reporter=Recorder())
         fused.join("t", **topic, out_dir=tmp_path / "t", reporter=Recorder())
+        loras = [lora for layer in fused.layers.values() for lora in layer.jobs.values()]
+        assert loras and all(isinstance(lora.dropout, CheapDropout) for lora in loras)  # on CPU, as a job alone
         base.model.eval()
         with torch.no_grad():
             alone_s = fused.members["s"].view(**batch).logits
@@ -120,6 +123,7 @@ def test_each_job_starts_as_alone_and_rows_go_through_their_own_job(tiny_models,
     torch.testing.assert_close(mixed[3:], want_topic[3:])
     assert frozen(base).keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in frozen(base).items())
     assert not any("lora" in name for name, _ in base.model.named_modules())
+    assert not any(isinstance(m, CheapDropout) for m in base.model.modules())
 
 
 def test_jobs_train_together_and_save_what_peft_saves(base, tmp_path):

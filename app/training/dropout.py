@@ -44,11 +44,13 @@ class CheapDropout(torch.nn.Module):
         return f"p={self.p}"
 
 
-@contextmanager
-def cheap_dropout(model: torch.nn.Module, device: str, lora_only: bool = False) -> Iterator[int]:
-    """On CPU, every `nn.Dropout` of `model` (only peft's LoRA input dropouts with `lora_only`) is a
-    `CheapDropout` until the block ends; yields how many were swapped. Elsewhere nothing changes."""
-    swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = []
+Swapped = list[tuple[torch.nn.Module, str, torch.nn.Module]]  # (parent, child name, the original module)
+
+
+def swap_dropouts(model: torch.nn.Module, device: str, lora_only: bool = False) -> Swapped:
+    """On CPU, put a `CheapDropout` in place of every `nn.Dropout` of `model` (only peft's LoRA input dropouts
+    with `lora_only`); returns what was swapped, for `restore`. Elsewhere nothing changes."""
+    swapped: Swapped = []
     if device == "cpu":
         for path, parent in list(model.named_modules()):
             lora = path.endswith("lora_dropout")  # peft's ModuleDict of each adapter's input dropout
@@ -56,8 +58,19 @@ def cheap_dropout(model: torch.nn.Module, device: str, lora_only: bool = False) 
                 if type(child) is torch.nn.Dropout and child.p > 0 and (lora or not lora_only):
                     setattr(parent, name, CheapDropout(child.p, autocast_input=lora).train(child.training))
                     swapped.append((parent, name, child))
+    return swapped
+
+
+def restore(swapped: Swapped) -> None:
+    for parent, name, child in swapped:
+        setattr(parent, name, child)
+
+
+@contextmanager
+def cheap_dropout(model: torch.nn.Module, device: str, lora_only: bool = False) -> Iterator[int]:
+    """`swap_dropouts` until the block ends; yields how many were swapped."""
+    swapped = swap_dropouts(model, device, lora_only)
     try:
         yield len(swapped)
     finally:
-        for parent, name, child in swapped:
-            setattr(parent, name, child)
+        restore(swapped)

@@ -32,7 +32,7 @@ from app.base_models.loading import LoadedBase, new_head
 from app.base_models.tokens import pad
 from app.training.checkpoint import Checkpoints
 from app.training.config import Hyperparameters
-from app.training.dropout import CheapDropout
+from app.training.dropout import restore, swap_dropouts
 from app.training.loop import EpochSink, Reporter, TrainingRun, TrainResult, uses_autocast
 from app.training.trainer import (
     EAGER_ATTENTION_MAX_TOKENS,
@@ -44,6 +44,8 @@ from app.training.trainer import (
 )
 
 log = logging.getLogger(__name__)
+
+ADAPTER = "default"  # the adapter name peft gives a job's layers (one adapter per PeftModel, as for a job alone)
 
 # What one more forward/backward pass costs, in padded tokens: a step's jobs share a pass unless padding them
 # to one length costs more than this (the serving engine's figure for a forward, `bucket_overhead_tokens`; not
@@ -187,9 +189,9 @@ class FusedTraining:
         self.autocast = uses_autocast(base)
         self.pad_id = base.tokenizer.pad_token_id or 0
         self.attention = base.model.config._attn_implementation  # put back when the group closes
-        self.cheap = base.device == "cpu"  # dropout drawn cheaply (app/training/dropout.py), as for a job alone
-        self._base_dropouts: list[tuple[nn.Module, str, nn.Module]] = []
-        self._swap_base_dropouts()
+        # dropout drawn cheaply on CPU (app/training/dropout.py), as for a job alone: the base's own until the
+        # group closes, each job's (LoRA inputs, head) for good
+        self._base_dropouts = swap_dropouts(base.model, base.device)
 
     def __enter__(self) -> FusedTraining:
         return self
@@ -265,27 +267,18 @@ class FusedTraining:
             saved_as = {by_storage[t.data_ptr()]: k for k, t in get_peft_model_state_dict(model).items()}
             if set(saved_as) != {n for n, _ in named}:
                 raise RuntimeError("peft's saved state does not map one to one onto the trainable weights")
+            swap_dropouts(model, base.device)  # the job's LoRA input and head dropouts (the base's are already)
             inner = model.base_model.model
             loras = {
-                path: _JobLoRA(m.lora_A["default"], m.lora_B["default"], m.scaling["default"], self._dropout(m))
+                path: _JobLoRA(m.lora_A[ADAPTER], m.lora_B[ADAPTER], m.scaling[ADAPTER], m.lora_dropout[ADAPTER])
                 for path, m in inner.named_modules()
                 if isinstance(m, LoraLayer)
             }
-            heads = {name: getattr(inner, name).modules_to_save["default"] for name in base.heads}
-            if self.cheap:
-                for head in heads.values():
-                    _cheapen(head)
-            view = JobView(self, key, named, saved_as, copy.deepcopy(model.peft_config["default"]))
+            heads = {name: getattr(inner, name).modules_to_save[ADAPTER] for name in base.heads}
+            view = JobView(self, key, named, saved_as, copy.deepcopy(model.peft_config[ADAPTER]))
         finally:
             base.model = model.unload()  # the base as it was; the job's modules live on in the fused layers
         return view, loras, heads
-
-    def _dropout(self, layer: Any) -> nn.Module:
-        """The LoRA input dropout of a peft layer, drawn cheaply on CPU (as `cheap_dropout` does for a job alone)."""
-        dropout = layer.lora_dropout["default"]
-        if self.cheap and type(dropout) is nn.Dropout and dropout.p > 0:
-            return CheapDropout(dropout.p, autocast_input=True)
-        return dropout
 
     def _leave(self, key: str) -> None:
         member = self.members.pop(key, None)
@@ -312,8 +305,7 @@ class FusedTraining:
         """Every job leaves (unfinished ones simply stop); the base is as it was."""
         for key in list(self.members):
             self._leave(key)
-        for parent, name, child in self._base_dropouts:
-            setattr(parent, name, child)
+        restore(self._base_dropouts)
         self._base_dropouts = []
         set_attention(self.base.model, self.attention)
 
@@ -442,15 +434,6 @@ class FusedTraining:
         for name, head in self.heads.items():
             setattr(self.base.model, name, head.original)
 
-    def _swap_base_dropouts(self) -> None:
-        if not self.cheap:
-            return
-        for _, parent in list(self.base.model.named_modules()):
-            for name, child in list(parent.named_children()):
-                if type(child) is nn.Dropout and child.p > 0:
-                    setattr(parent, name, CheapDropout(child.p).train(child.training))
-                    self._base_dropouts.append((parent, name, child))
-
     def _update_attention(self) -> None:
         """Eager attention where a job alone would get it: CPU under bf16 autocast, every job's rows short."""
         short = all(m.max_tokens <= EAGER_ATTENTION_MAX_TOKENS for m in self.members.values())
@@ -458,11 +441,3 @@ class FusedTraining:
             set_attention(self.base.model, "eager")
         else:
             set_attention(self.base.model, self.attention)
-
-
-def _cheapen(module: nn.Module) -> None:
-    """A job's head modules: their dropouts drawn cheaply (CPU), as `cheap_dropout` swaps them for a job alone."""
-    for _, parent in list(module.named_modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Dropout and child.p > 0:
-                setattr(parent, name, CheapDropout(child.p).train(child.training))
