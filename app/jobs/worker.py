@@ -4,7 +4,9 @@
 and returns an `Outcome` whatever happens; `_record` writes that outcome to the job store (finish, requeue,
 or leave a job another worker now owns alone) and drops the checkpoint unless the job may resume from it.
 Shared resources (the stores, the loaded base) are built once and reused by the next job on the same base.
-`run(burst=True)` drains the queue and returns, which keeps worker tests simple.
+What a job trains on is read by app/jobs/job_inputs.py; with `FUSED_JOBS` > 1 several jobs on one base are
+trained together (app/jobs/together.py), recorded the same way. `run(burst=True)` drains the queue and
+returns, which keeps worker tests simple.
 
 Launched by torchrun with several processes (one per GPU), the worker is a training group
 (app/training/distributed.py): rank 0 runs the loop above and tells the other ranks each job it claims, and
@@ -29,19 +31,18 @@ from typing import TYPE_CHECKING, Literal
 from app.base_models.loading import LoadedBase, load_base, resolve_dtype
 from app.config import Settings
 from app.errors import JobInterrupted, NotFound, TrainingError
+from app.jobs.job_inputs import JobInputs, adapter_meta, read_inputs
 from app.jobs.reporting import Heartbeat, JobReporter, SilentReporter
 from app.jobs.tables import Job, JobStatus
+from app.jobs.together import TrainTogether
 from app.resources import SharedResources
 from app.stores.adapters import AdapterVersion
 from app.training.advice import result_warnings
 from app.training.checkpoint import Checkpoints
-from app.training.config import Hyperparameters
-from app.training.data import is_multilabel, label_names, split_validation
 from app.training.distributed import IDLE, STOP, Group, GroupBroken
 
 if TYPE_CHECKING:  # heavy imports (torch, peft), worker-only at run time
-    from app.training.fused import FusedTraining
-    from app.training.loop import TrainResult
+    from app.training.loop import EpochSink, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -67,30 +68,6 @@ class Outcome:
         """The job is over (nothing to resume): shutdown requeues it, a paused job resumes later from its
         checkpoint, and a lost job is another worker's now."""
         return self.kind in ("succeeded", "cancelled", "failed")
-
-
-@dataclass
-class _Inputs:
-    """What training a job takes, read the same way by every rank of a group."""
-
-    hp: Hyperparameters
-    train: list[dict]
-    val: list[dict]
-    parent: AdapterVersion | None  # the adapter version it continues (init_from)
-    labels: list[str]
-    multi_label: bool
-
-
-@dataclass
-class _Joined:
-    """A job training in this worker's fused group, and what ending it takes."""
-
-    job: Job
-    inputs: _Inputs
-    meta: dict
-    staging: Path
-    beat: Heartbeat
-    checkpoints: Checkpoints
 
 
 class Worker:
@@ -136,7 +113,7 @@ class Worker:
                     self.stopping.wait(self.settings.poll_interval)
                     continue
                 if self._fuses():
-                    done += self.process_together(job)
+                    done += TrainTogether(self, job).run()
                 else:
                     self.process(job)
                     done += 1
@@ -196,9 +173,7 @@ class Worker:
         with Heartbeat(self.store, job.id, self.id, self.settings.heartbeat_interval) as beat:
             reporter = JobReporter(self.store, job.id, self.id, self.stopping, beat)
             outcome = self._attempt(job, reporter, checkpoints)
-        self._record(job, outcome)
-        if outcome.ended:
-            checkpoints.clear()
+        self.record(job, outcome, checkpoints)
         if outcome.breaks_group:
             raise GroupBroken(RuntimeError(f"job {job.id} failed on rank 0"))
 
@@ -211,9 +186,15 @@ class Worker:
             log.error("job %s: the training group broke; stopping this worker", job.id)
             raise
         except Exception as e:  # noqa: BLE001 - any failure ends the job with a readable error
-            return self._outcome_of(job, e)
+            return self.outcome_of(job, e)
 
-    def _outcome_of(self, job: Job, e: Exception) -> Outcome:
+    def _fuses(self) -> bool:
+        """Whether this worker trains jobs together: asked for, not a training group, no gradient checkpointing."""
+        s = self.settings
+        return s.fused_jobs > 1 and self.group is None and not s.gradient_checkpointing
+
+    # ---- what one job alone and jobs together (app/jobs/together.py) both use ---------------------
+    def outcome_of(self, job: Job, e: Exception) -> Outcome:
         """How an exception ends a job: interrupted ("cancelled", "paused", "lost": requeued after a missed lease,
         "shutdown") or failed, with a readable error. Called inside the `except` that caught it."""
         if isinstance(e, JobInterrupted):
@@ -229,14 +210,14 @@ class Worker:
     def _train_and_commit(self, job: Job, reporter: JobReporter, checkpoints: Checkpoints) -> Outcome:
         from app.training.trainer import train_adapter  # heavy import, worker-only
 
-        inputs = self._inputs(job)
+        inputs = read_inputs(self.resources, job)
         hp, train, val, parent, labels = inputs.hp, inputs.train, inputs.val, inputs.parent, inputs.labels
         reporter.batch_size = hp.batch_size
-        base = self._base(job.base_model, reporter)
+        base = self.base_for(job.base_model, reporter)
         reporter.event(f"Training {len(train)} examples, validating on {len(val)}; labels {labels}")
-        meta = _adapter_meta(job, hp, labels, base, parent, inputs.multi_label)
+        meta = adapter_meta(job, inputs, base)
 
-        keep_epoch = self._epoch_sink(job, meta)
+        keep_epoch = self.epoch_sink(job, meta)
         staging = self.resources.adapters.staging_dir()
         try:
             result = train_adapter(
@@ -254,11 +235,11 @@ class Worker:
                 keep_epoch=keep_epoch,
                 group=self.group,
             )
-            return self._commit(job, inputs, meta, staging, result)
+            return self.commit(job, inputs, meta, staging, result)
         finally:
             self.resources.adapters.discard(staging)  # gone already once committed
 
-    def _commit(self, job: Job, inputs: _Inputs, meta: dict, staging: Path, result: TrainResult) -> Outcome:
+    def commit(self, job: Job, inputs: JobInputs, meta: dict, staging: Path, result: TrainResult) -> Outcome:
         """A finished run's adapter (saved in `staging`) committed as the job's new version, with its metrics
         and what to look at; "lost" instead when the lease was lost meanwhile (another worker has the job)."""
         if not self.store.owns(job.id, self.id):
@@ -272,108 +253,13 @@ class Worker:
             self.store.add_event(job.id, f"Warning: {warning}", level="warning", data={"warning": warning})
         return Outcome("succeeded", adapter=adapter, metrics=meta["metrics"], warnings=warnings)
 
-    def _epoch_sink(self, job: Job, meta: dict) -> Callable[[int, int, dict, Callable[[Path], None]], None]:
+    def epoch_sink(self, job: Job, meta: dict) -> EpochSink:
         """Where each epoch's adapter goes (the epoch store, servable while the job runs)."""
 
         def keep_epoch(step: int, epoch: int, figures: dict, write: Callable[[Path], None]) -> None:
             self.resources.epochs.save(job.id, step, write, {**meta, "epoch": epoch, "metrics": figures})
 
         return keep_epoch
-
-    # ---- several jobs together ----------------------------------------------------------------
-    def _fuses(self) -> bool:
-        """Whether this worker trains jobs together: asked for, not a training group, no gradient checkpointing."""
-        s = self.settings
-        return s.fused_jobs > 1 and self.group is None and not s.gradient_checkpointing
-
-    def process_together(self, first: Job) -> int:
-        """`first` and the queued jobs on its base that join it, up to `fused_jobs` at once, trained together
-        (app/training/fused.py): a step of each per forward and backward. Between steps a queued job on the same
-        base joins where there is room (checked every `poll_interval`); each job's outcome is recorded as soon
-        as it ends, and the others go on. Returns the jobs done."""
-
-        active: dict[str, _Joined] = {}
-        fused: FusedTraining | None = None
-        done, job, polled = 0, first, time.monotonic()
-        try:
-            while True:
-                if job is not None:
-                    joined = self._join(fused, job, active)
-                    fused = fused or joined
-                    done += 1
-                if not active or fused is None:
-                    return done
-                for job_id, result in fused.step().items():
-                    self._end_joined(active.pop(job_id), result)
-                job = None
-                room = len(active) < self.settings.fused_jobs and not self.stopping.is_set()
-                if room and active and time.monotonic() - polled >= self.settings.poll_interval:
-                    job, polled = self.store.claim_next(self.id, base_model=first.base_model), time.monotonic()
-        finally:
-            for joined in active.values():  # only on an unexpected error: their leases run out, they resume
-                joined.beat.__exit__(None, None, None)
-                self.resources.adapters.discard(joined.staging)
-            if fused is not None:
-                fused.close()
-
-    def _join(self, fused: FusedTraining | None, job: Job, active: dict[str, _Joined]) -> FusedTraining | None:
-        """Add a claimed job to the group (the group made on the first job's base when `fused` is None); a job
-        that cannot start ends at once, recorded. Returns the group."""
-        from app.training.fused import FusedTraining
-
-        checkpoints = Checkpoints(self.resources.checkpoints.child(job.id), self.settings.checkpoint_steps)
-        beat = Heartbeat(self.store, job.id, self.id, self.settings.heartbeat_interval).__enter__()
-        reporter = JobReporter(self.store, job.id, self.id, self.stopping, beat)
-        staging = None
-        try:
-            inputs = self._inputs(job)
-            reporter.batch_size = inputs.hp.batch_size
-            base = fused.base if fused is not None else self._base(job.base_model, reporter)
-            fused = fused or FusedTraining(base)
-            reporter.event(
-                f"Training {len(inputs.train)} examples, validating on {len(inputs.val)}; labels {inputs.labels};"
-                f" together with {len(active)} other job(s) on this worker"
-            )
-            meta = _adapter_meta(job, inputs.hp, inputs.labels, base, inputs.parent, inputs.multi_label)
-            staging = self.resources.adapters.staging_dir()
-            fused.join(
-                job.id,
-                inputs.train,
-                inputs.val,
-                inputs.labels,
-                inputs.hp,
-                staging,
-                reporter,
-                checkpoints=checkpoints,
-                init_from=inputs.parent.weights if inputs.parent else None,
-                multi_label=inputs.multi_label,
-                keep_epoch=self._epoch_sink(job, meta),
-            )
-            active[job.id] = _Joined(job, inputs, meta, staging, beat, checkpoints)
-        except Exception as e:  # noqa: BLE001 - this job ends; the group goes on
-            beat.__exit__(None, None, None)
-            if staging is not None:
-                self.resources.adapters.discard(staging)
-            self._recorded(job, self._outcome_of(job, e), checkpoints)
-        return fused
-
-    def _end_joined(self, joined: _Joined, result: TrainResult | BaseException) -> None:
-        """A job that left the group: its adapter committed (a TrainResult) or its stop or failure recorded."""
-        try:
-            if isinstance(result, BaseException):
-                raise result
-            outcome = self._commit(joined.job, joined.inputs, joined.meta, joined.staging, result)
-        except Exception as e:  # noqa: BLE001 - recorded as the job's outcome
-            outcome = self._outcome_of(joined.job, e)
-        finally:
-            joined.beat.__exit__(None, None, None)
-            self.resources.adapters.discard(joined.staging)
-        self._recorded(joined.job, outcome, joined.checkpoints)
-
-    def _recorded(self, job: Job, outcome: Outcome, checkpoints: Checkpoints) -> None:
-        self._record(job, outcome)
-        if outcome.ended:
-            checkpoints.clear()
 
     def _train_alongside(self, job: Job) -> None:
         """A follower's part in a job rank 0 trains: the same inputs and base, its share of each batch, nothing
@@ -382,8 +268,8 @@ class Worker:
 
         checkpoints = Checkpoints(self.resources.checkpoints.child(job.id), self.settings.checkpoint_steps)
         try:
-            inputs = self._inputs(job)
-            base = self._base(job.base_model, SilentReporter())
+            inputs = read_inputs(self.resources, job)
+            base = self.base_for(job.base_model, SilentReporter())
             with tempfile.TemporaryDirectory() as scratch:  # never written: rank 0 saves the adapter
                 train_adapter(
                     base,
@@ -408,35 +294,7 @@ class Worker:
             self.base = None
             log.info("job %s failed on every rank: %s", job.id, e.message)
 
-    def _inputs(self, job: Job) -> _Inputs:
-        """The job's hyperparameters, rows, parent adapter and labels."""
-        hp = Hyperparameters(**job.hyperparameters)
-        train, val = self._data(job, hp.seed)
-        parent = self._parent(job)
-        labels = parent.labels if parent else sorted({name for r in train + val for name in label_names(r)})
-        return _Inputs(hp, train, val, parent, labels, is_multilabel(train))
-
-    def _parent(self, job: Job) -> AdapterVersion | None:
-        """The adapter version the job continues (`init_from`), if any; gone since the job was queued: the job
-        fails saying so."""
-        if not job.init_from:
-            return None
-        try:
-            return self.resources.adapters.resolve(job.init_from, field="init_from")
-        except NotFound as e:
-            raise TrainingError("init_from_missing", f"init_from: {e.message}") from None
-
-    def _data(self, job: Job, seed: int) -> tuple[list[dict], list[dict]]:
-        """The job's training and validation rows: its own validation set, or a seeded split of train."""
-        datasets = self.resources.datasets
-        train = datasets.load(job.train_dataset)
-        if job.validation_dataset:
-            return train, datasets.load(job.validation_dataset)
-        if job.validation_split > 0:
-            return split_validation(train, job.validation_split, seed)
-        return train, []
-
-    def _base(self, name: str, reporter: JobReporter | SilentReporter) -> LoadedBase:
+    def base_for(self, name: str, reporter: JobReporter | SilentReporter) -> LoadedBase:
         if self.base is None or self.base.name != name:
             self.base = None  # one base per worker process: free the old one first
             started = time.perf_counter()
@@ -447,6 +305,12 @@ class Worker:
         return self.base
 
     # ---- recording what happened --------------------------------------------------------------
+    def record(self, job: Job, outcome: Outcome, checkpoints: Checkpoints) -> None:
+        """The outcome in the job store; the job's checkpoint dropped unless it may resume from it."""
+        self._record(job, outcome)
+        if outcome.ended:
+            checkpoints.clear()
+
     def _record(self, job: Job, outcome: Outcome) -> None:
         finish = self.store.finish
         match outcome.kind:
@@ -475,20 +339,3 @@ class Worker:
                 self.store.pause(job.id, self.id)
             case "lost":  # requeued after a missed lease: another worker has it, and its checkpoint
                 log.warning("job %s is no longer ours; stopping without touching it", job.id)
-
-
-def _adapter_meta(
-    job: Job, hp: Hyperparameters, labels: list[str], base: LoadedBase, parent: AdapterVersion | None, multi: bool
-) -> dict:
-    """What a saved adapter (and each epoch checkpoint) records beside its weights; metrics come at the end."""
-    return {
-        "base_model": job.base_model,
-        "labels": labels,
-        "hyperparameters": hp.model_dump(),
-        "job_id": job.id,
-        "quantization": base.quantization,
-        "heads": base.heads,
-        "base_revision": base.revision,
-        "parent": parent.ref if parent else None,
-        **({"multi_label": True, "thresholds": [0.5] * len(labels)} if multi else {}),
-    }
